@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod name;
+pub mod namespace;
 pub mod sys;
 
 pub use error::{Error, ErrorKind, Result};

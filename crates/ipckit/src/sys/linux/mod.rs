@@ -1,0 +1,4 @@
+//! The Linux backend of [`crate::sys`].
+
+pub mod dir;
+pub mod process;

@@ -1,1 +1,56 @@
-fn main() {}
+//! `ipckit`: the command-line face of ipckit.
+//!
+//! Every subcommand is a thin layer over the library; see `ipckit --help`.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The nine Windows IPC mechanisms on Linux: inspect, try and measure them from the shell.
+#[derive(Debug, Parser)]
+#[command(name = "ipckit", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the live named objects of your namespace (pipes, mailslots, mappings, sync objects).
+    Ls(cmd::ls::Args),
+    /// Exercise every mechanism between real processes and report what works, how fast.
+    Tour(cmd::tour::Args),
+    /// Measure ipckit's mechanisms against the raw OS baselines, in one run.
+    Bench(cmd::bench::Args),
+    /// Show where a Windows-style name lives on this system (path, shared-memory name).
+    Where(cmd::where_::Args),
+}
+
+fn main() -> ExitCode {
+    // When started as a benchmark's peer process, run that role and exit.
+    ipckit_bench::run_peer_if_requested();
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ls(a) => cmd::ls::run(a),
+        Command::Tour(a) => cmd::tour::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Where(a) => cmd::where_::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipckit: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `IPCKIT_LOG` (e.g. `IPCKIT_LOG=debug`); warnings by default.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("IPCKIT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

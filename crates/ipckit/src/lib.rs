@@ -1,5 +1,41 @@
 //! ipckit: the nine Windows IPC mechanisms, natively on Linux.
-#![forbid(unsafe_op_in_unsafe_fn)]
+//!
+//! Clipboard, COM, Copy Data (`WM_COPYDATA`), DDE, File Mapping, Pipes, Mailslots, Sockets
+//! and RPC, with the semantics a Windows programmer relies on: the same names, the same
+//! lifetimes, the same error codes, locally and across the network.
+//!
+//! ```
+//! use ipckit::name::Name;
+//! use ipckit::namespace::{Location, Namespace};
+//!
+//! // Every name a Windows program uses is accepted as it is written...
+//! let name = Name::parse(r"Local\frame-buffer")?;
+//! // ...and lives at a documented place that other programs can open too.
+//! let ns = Namespace::at("/run/user/1000/ipckit");
+//! match ns.locate(&name)? {
+//!     Location::Object { shm_name, .. } => assert!(shm_name.ends_with(".frame-buffer")),
+//!     other => unreachable!("{other:?}"),
+//! }
+//! // Errors carry the code a ported program expects from GetLastError().
+//! let err = Name::parse(r"\\.\pipe\..\escape").unwrap_err();
+//! assert_eq!(err.win32_code(), 123); // ERROR_INVALID_NAME
+//! # Ok::<(), ipckit::Error>(())
+//! ```
+//!
+//! # Layers
+//!
+//! - [`sys`]: the OS layer, the only code that makes system calls (Linux now; a Windows
+//!   backend can sit beside it).
+//! - [`name`] and [`namespace`]: Windows-style names, validated, and where they live.
+//! - [`error`]: one error type with matchable kinds and `win32_code()`.
+//! - The mechanisms, one module each, arrive on top of these (see the README's status table).
+//!
+//! # Status
+//!
+//! | mechanism | status |
+//! | --- | --- |
+//! | names, namespace folders, errors, OS layer | implemented |
+//! | File Mapping and sync objects, Pipes, Mailslots, Sockets, RPC, COM, DDE, Copy Data, Clipboard | not yet |
 
 pub mod error;
 pub mod name;

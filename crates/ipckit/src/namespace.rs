@@ -284,6 +284,45 @@ impl Namespace {
     }
 }
 
+/// One live entry of a namespace folder, as `ipckit ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The folder it is in.
+    pub folder: Folder,
+    /// `Local` for the runtime folder, `Global` for the machine-wide one.
+    pub scope: Scope,
+    /// The name, decoded from the entry's file name; `None` for a long name stored hashed.
+    pub name: Option<String>,
+    /// The entry's path.
+    pub path: PathBuf,
+}
+
+impl Namespace {
+    /// Every entry of this namespace's folders, local then global, sorted by folder and name.
+    /// Folders that do not exist yet are empty; nothing is created.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for (scope, base) in [(Scope::Local, &self.runtime), (Scope::Global, &self.global)] {
+            for folder in Folder::ALL {
+                let dir = base.join(folder.dir_name());
+                let rd = match std::fs::read_dir(&dir) {
+                    Ok(rd) => rd,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::from_io(format!("cannot list {}", dir.display()), e)),
+                };
+                for ent in rd {
+                    let ent = ent.map_err(|e| Error::from_io(format!("cannot list {}", dir.display()), e))?;
+                    let file_name = ent.file_name();
+                    let name = file_name.to_str().and_then(crate::name::decode_component);
+                    out.push(Entry { folder, scope, name, path: ent.path() });
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.folder, a.scope, &a.path).cmp(&(b.folder, b.scope, &b.path)));
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,7 +148,9 @@ use std::time::Duration;
 
 pub use case::{RoleCtx, RoleResult, TestCase};
 pub use peer::{Peer, PeerBuilder};
-pub use util::{TestDir, namespace_shm_token, process_exists, process_state, unique_name, wait_for};
+pub use util::{
+    TestDir, namespace_shm_token, process_exists, process_state, unique_name, wait_for,
+};
 
 /// Environment variable through which peers receive the test's
 /// [namespace](TestCase::namespace): the override of the library's per-user

@@ -202,6 +202,33 @@ pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
 }
 
+/// The token that ipckit puts in the POSIX shared-memory names of the namespace at `dir`
+/// (`ipckit.UID.TOKEN.NAME` and `ipckit.global.TOKEN.NAME`): the first 12 hex digits of the
+/// SHA-256 of the path. ipckit's tests check that both sides agree.
+pub fn namespace_shm_token(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    d[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Removes every `/dev/shm` entry of the namespace at `dir`: objects whose last holder was
+/// killed leave their shared memory until the namespace is next used, and a test's namespace is
+/// not used again.
+pub(crate) fn remove_namespace_shm(dir: &Path) {
+    let token = namespace_shm_token(dir);
+    let Ok(entries) = fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let mut parts = name.splitn(4, '.');
+        if parts.next() == Some("ipckit") && parts.nth(1) == Some(token.as_str()) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,30 +259,5 @@ mod tests {
         fs::set_permissions(path.join("a"), fs::Permissions::from_mode(0o000)).expect("chmod");
         drop(dir);
         assert!(!path.exists());
-    }
-}
-
-/// The token that ipckit puts in the POSIX shared-memory names of the namespace at `dir`
-/// (`ipckit.UID.TOKEN.NAME` and `ipckit.global.TOKEN.NAME`): the first 12 hex digits of the
-/// SHA-256 of the path. ipckit's tests check that both sides agree.
-pub fn namespace_shm_token(dir: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    d[..6].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Removes every `/dev/shm` entry of the namespace at `dir`: objects whose last holder was
-/// killed leave their shared memory until the namespace is next used, and a test's namespace is
-/// not used again.
-pub(crate) fn remove_namespace_shm(dir: &Path) {
-    let token = namespace_shm_token(dir);
-    let Ok(entries) = fs::read_dir("/dev/shm") else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let mut parts = name.splitn(4, '.');
-        if parts.next() == Some("ipckit") && parts.nth(1) == Some(token.as_str()) {
-            let _ = fs::remove_file(entry.path());
-        }
     }
 }

@@ -1,0 +1,259 @@
+//! The table of benchmarks, and how filters select from it.
+//!
+//! # Adding a benchmark
+//!
+//! 1. Give the mechanism a [`Channel`](crate::Channel) (send one message,
+//!    receive one message of a known size) and a [`Transport`](crate::Transport)
+//!    (how the harness creates the rendezvous and starts the peer with
+//!    [`Launcher::spawn`](crate::Launcher::spawn), and how the peer connects
+//!    from [`PeerEnv::addr`](crate::PeerEnv::addr)), on a unit struct. For
+//!    example an ipckit named pipe: the harness creates the server end under
+//!    a unique name, passes the name, and waits for the client with
+//!    [`Launcher::wait_for`](crate::Launcher::wait_for).
+//! 2. Append a [`Bench`] to [`BENCHES`], after its baseline:
+//!
+//!    ```text
+//!    Bench {
+//!        name: "ipckit-named-pipe",
+//!        group: Group::Ipckit,
+//!        baseline: Some("unix-stream"),
+//!        about: "ipckit named pipe (byte mode) between two processes",
+//!        kind: Kind::TwoProcess(&NamedPipeBench),
+//!    },
+//!    ```
+//!
+//! That is all: placements, warm-up and rounds, peer management, the table,
+//! the JSON lines and the ratios follow. A single-process benchmark uses
+//! [`Kind::Local`] with a function returning its
+//! [`Measurement`]s instead.
+//!
+//! # Baselines and ratios
+//!
+//! A benchmark with `baseline: Some(b)` gets, for each of its records, the
+//! record of `b` with the same `case` and `metric` from the same run, and
+//! `ratio = value / baseline value`. The ratio is always that quotient,
+//! whatever the unit: for `ns` (latency) lower is better, so a ratio below 1
+//! means faster than the baseline; for `MiB/s` and `msg/s` higher is better,
+//! so a ratio above 1 means faster. Selecting a benchmark also selects its
+//! baseline, and benchmarks run in table order, so baselines run first.
+
+use std::fmt;
+use std::io;
+
+use crate::channel::{ErasedTransport, Measurement};
+use crate::params::Params;
+use crate::raw;
+
+/// Which family a benchmark belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// A raw OS mechanism with no library in between (the baselines).
+    Raw,
+    /// An ipckit mechanism.
+    Ipckit,
+    /// Another crate's mechanism, for comparison.
+    PeerCrate,
+}
+
+impl Group {
+    /// `raw`, `ipckit` or `peer-crate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Raw => "raw",
+            Group::Ipckit => "ipckit",
+            Group::PeerCrate => "peer-crate",
+        }
+    }
+}
+
+/// How a benchmark runs.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    /// Between the harness and a peer process, once per CPU placement, with
+    /// the generic round-trip and streaming drivers.
+    TwoProcess(&'static dyn ErasedTransport),
+    /// Inside the harness (pinned to its first CPU); the function returns
+    /// complete measurements.
+    Local(fn(&Params) -> io::Result<Vec<Measurement>>),
+}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::TwoProcess(_) => "TwoProcess",
+            Kind::Local(_) => "Local",
+        })
+    }
+}
+
+/// One entry of the benchmark table.
+#[derive(Debug, Clone, Copy)]
+pub struct Bench {
+    /// Unique name: the record's `mechanism`, the filter and peer-role name.
+    pub name: &'static str,
+    /// Family.
+    pub group: Group,
+    /// Name of the benchmark this one is compared with, if any.
+    pub baseline: Option<&'static str>,
+    /// One line on what is measured.
+    pub about: &'static str,
+    /// How it runs.
+    pub kind: Kind,
+}
+
+/// Every benchmark, baselines before the benchmarks compared with them.
+pub static BENCHES: &[Bench] = &[
+    Bench {
+        name: "memcpy",
+        group: Group::Raw,
+        baseline: None,
+        about: "single-process copy of the message sizes (ceiling for any copy)",
+        kind: Kind::Local(raw::memcpy::run),
+    },
+    Bench {
+        name: "pipe",
+        group: Group::Raw,
+        baseline: None,
+        about: "two anonymous pipes, one per direction",
+        kind: Kind::TwoProcess(&raw::pipe::Pipe),
+    },
+    Bench {
+        name: "unix-stream",
+        group: Group::Raw,
+        baseline: None,
+        about: "Unix-domain SOCK_STREAM socket",
+        kind: Kind::TwoProcess(&raw::socket::UnixStreamSocket),
+    },
+    Bench {
+        name: "unix-seqpacket",
+        group: Group::Raw,
+        baseline: None,
+        about: "Unix-domain SOCK_SEQPACKET socket",
+        kind: Kind::TwoProcess(&raw::socket::UnixSeqpacket),
+    },
+    Bench {
+        name: "tcp-loopback",
+        group: Group::Raw,
+        baseline: None,
+        about: "TCP over 127.0.0.1 with TCP_NODELAY",
+        kind: Kind::TwoProcess(&raw::socket::TcpLoopback),
+    },
+    Bench {
+        name: "shm-futex",
+        group: Group::Raw,
+        baseline: None,
+        about: "shared-memory rings, futex sleep/wake",
+        kind: Kind::TwoProcess(&raw::shm::ShmFutex),
+    },
+    Bench {
+        name: "shm-spin",
+        group: Group::Raw,
+        baseline: None,
+        about: "shared-memory rings, busy-polled (sched_yield every 256 polls)",
+        kind: Kind::TwoProcess(&raw::shm::ShmSpin),
+    },
+];
+
+/// Every benchmark, in run order.
+pub fn benches() -> &'static [Bench] {
+    BENCHES
+}
+
+/// The benchmark called `name`.
+pub fn find(name: &str) -> Option<&'static Bench> {
+    BENCHES.iter().find(|b| b.name == name)
+}
+
+/// Whether `filter` selects the benchmark `name`: equal, or a prefix ending
+/// at a `-` boundary (`shm` selects `shm-futex` and `shm-spin`, `unix`
+/// both Unix sockets).
+pub fn matches(filter: &str, name: &str) -> bool {
+    name == filter
+        || name
+            .strip_prefix(filter)
+            .is_some_and(|rest| rest.starts_with('-'))
+}
+
+/// The benchmarks selected by `filters` (all when empty) plus their
+/// baselines, in table order. A filter that selects nothing is an
+/// [`io::ErrorKind::InvalidInput`] error listing the valid names.
+pub fn select(filters: &[String]) -> io::Result<Vec<&'static Bench>> {
+    let unknown: Vec<&str> = filters
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !BENCHES.iter().any(|b| matches(f, b.name)))
+        .collect();
+    if !unknown.is_empty() {
+        let names: Vec<&str> = BENCHES.iter().map(|b| b.name).collect();
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "unknown mechanism {}; valid names (or `-`-prefixes such as `shm`): {}",
+                unknown
+                    .iter()
+                    .map(|u| format!("`{u}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                names.join(", ")
+            ),
+        ));
+    }
+    let mut wanted: Vec<bool> = BENCHES
+        .iter()
+        .map(|b| filters.is_empty() || filters.iter().any(|f| matches(f, b.name)))
+        .collect();
+    // Pull in baselines (transitively; they precede their dependents).
+    for i in (0..BENCHES.len()).rev() {
+        if wanted[i]
+            && let Some(base) = BENCHES[i].baseline
+            && let Some(j) = BENCHES.iter().position(|b| b.name == base)
+        {
+            wanted[j] = true;
+        }
+    }
+    Ok(BENCHES
+        .iter()
+        .zip(wanted)
+        .filter_map(|(b, w)| w.then_some(b))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_unique_and_baselines_precede() {
+        for (i, b) in BENCHES.iter().enumerate() {
+            assert!(
+                BENCHES[..i].iter().all(|o| o.name != b.name),
+                "duplicate {}",
+                b.name
+            );
+            if let Some(base) = b.baseline {
+                assert!(
+                    BENCHES[..i].iter().any(|o| o.name == base),
+                    "baseline `{base}` of `{}` must come earlier",
+                    b.name
+                );
+            }
+            assert_eq!(b.group == Group::Raw, b.baseline.is_none(), "{}", b.name);
+        }
+    }
+
+    #[test]
+    fn filters() {
+        let names = |f: &[&str]| -> Vec<&str> {
+            let f: Vec<String> = f.iter().map(|s| s.to_string()).collect();
+            select(&f).unwrap().iter().map(|b| b.name).collect()
+        };
+        assert_eq!(names(&[]).len(), BENCHES.len());
+        assert_eq!(names(&["shm"]), ["shm-futex", "shm-spin"]);
+        assert_eq!(names(&["unix"]), ["unix-stream", "unix-seqpacket"]);
+        assert_eq!(names(&["pipe", "memcpy"]), ["memcpy", "pipe"]);
+        assert_eq!(names(&["shm-spin"]), ["shm-spin"]);
+        let err = select(&["sh".to_owned()]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("unix-seqpacket"));
+    }
+}

@@ -26,6 +26,18 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Show where a Windows-style name lives on this system (path, shared-memory name).
     Where(cmd::where_::Args),
+    /// File mappings: named shared memory (CreateFileMapping / MapViewOfFile).
+    #[command(subcommand)]
+    Shm(cmd::shm::Cmd),
+    /// Named events (CreateEvent / SetEvent / ResetEvent / WaitForSingleObject).
+    #[command(subcommand)]
+    Event(cmd::sync::EventCmd),
+    /// Named mutexes (CreateMutex / WaitForSingleObject / ReleaseMutex).
+    #[command(subcommand)]
+    Mutex(cmd::sync::MutexCmd),
+    /// Named semaphores (CreateSemaphore / ReleaseSemaphore / WaitForSingleObject).
+    #[command(subcommand)]
+    Sem(cmd::sync::SemCmd),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +50,10 @@ fn main() -> ExitCode {
         Command::Tour(a) => cmd::tour::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Where(a) => cmd::where_::run(a),
+        Command::Shm(c) => cmd::shm::run(c),
+        Command::Event(c) => cmd::sync::event(c),
+        Command::Mutex(c) => cmd::sync::mutex(c),
+        Command::Sem(c) => cmd::sync::sem(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,5 +68,8 @@ fn main() -> ExitCode {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("IPCKIT_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -1,6 +1,8 @@
 //! `ipckit ls`: the live named objects of the user's namespace.
 
-use ipckit::namespace::{Entry, Namespace};
+use ipckit::name::{ObjectName, Scope};
+use ipckit::namespace::{Entry, Folder, Namespace};
+use ipckit::object::{ObjectInfo, describe, sweep};
 
 use super::CmdResult;
 
@@ -11,39 +13,127 @@ pub struct Args {
     json: bool,
 }
 
-fn scope_str(e: &Entry) -> &'static str {
-    match e.scope {
-        ipckit::name::Scope::Local => "local",
-        ipckit::name::Scope::Global => "global",
+fn scope_str(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Local => "local",
+        Scope::Global => "global",
     }
+}
+
+/// What `ls` knows of one live object.
+struct Row {
+    kind: String,
+    scope: Scope,
+    name: String,
+    os_name: String,
+    size: Option<u64>,
+    holders: Vec<u32>,
+}
+
+/// Details of the kernel object `name` (`Local\x` or `Global\x`), if it is alive.
+pub fn object_info(name: &str) -> Result<Option<ObjectInfo>, Box<dyn std::error::Error>> {
+    let name = ObjectName::parse(name)?;
+    let ns = Namespace::from_env();
+    let path = ns.object_path(&name);
+    let component = path
+        .file_name()
+        .and_then(|c| c.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(describe(&ns, name.scope(), &component)?)
+}
+
+fn row(ns: &Namespace, e: &Entry) -> ipckit::Result<Option<Row>> {
+    let name = e.name.clone().unwrap_or_else(|| "(long name)".into());
+    if e.folder != Folder::Object {
+        return Ok(Some(Row {
+            kind: e.folder.dir_name().into(),
+            scope: e.scope,
+            name,
+            os_name: e.path.display().to_string(),
+            size: None,
+            holders: Vec::new(),
+        }));
+    }
+    let component = e
+        .path
+        .file_name()
+        .and_then(|c| c.to_str())
+        .unwrap_or_default();
+    // Dead objects (no holder left) are not shown: they no longer exist for anybody.
+    let Some(info) = describe(ns, e.scope, component)? else {
+        return Ok(None);
+    };
+    let prefix = if e.scope == Scope::Global {
+        r"Global\"
+    } else {
+        r"Local\"
+    };
+    Ok(Some(Row {
+        kind: info.kind.as_str().into(),
+        scope: e.scope,
+        name: format!("{prefix}{name}"),
+        os_name: info
+            .shm_name
+            .map(|s| format!("/dev/shm/{s}"))
+            .unwrap_or_else(|| e.path.display().to_string()),
+        size: (info.size > 0).then_some(info.size),
+        holders: info.holders,
+    }))
 }
 
 pub fn run(args: Args) -> CmdResult {
     let ns = Namespace::user()?;
-    let entries = ns.entries()?;
+    // Free the files of objects whose last holder died; they are gone already.
+    sweep(&ns)?;
+    let mut rows = Vec::new();
+    for e in ns.entries()? {
+        if let Some(r) = row(&ns, &e)? {
+            rows.push(r);
+        }
+    }
     if args.json {
-        let list: Vec<_> = entries
+        let list: Vec<_> = rows
             .iter()
-            .map(|e| {
+            .map(|r| {
                 serde_json::json!({
-                    "kind": e.folder.dir_name(),
-                    "scope": scope_str(e),
-                    "name": e.name,
-                    "path": e.path.display().to_string(),
+                    "kind": r.kind,
+                    "scope": scope_str(r.scope),
+                    "name": r.name,
+                    "os_name": r.os_name,
+                    "size": r.size,
+                    "holders": r.holders,
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
-    if entries.is_empty() {
+    if rows.is_empty() {
         println!("no live objects in {}", ns.runtime_dir().display());
         return Ok(());
     }
-    println!("{:<9} {:<7} {:<32} PATH", "KIND", "SCOPE", "NAME");
-    for e in &entries {
-        let name = e.name.as_deref().unwrap_or("(long name)");
-        println!("{:<9} {:<7} {:<32} {}", e.folder.dir_name(), scope_str(e), name, e.path.display());
+    println!(
+        "{:<10} {:<7} {:<28} {:>10}  {:<16} OS NAME",
+        "KIND", "SCOPE", "NAME", "SIZE", "HOLDERS"
+    );
+    for r in &rows {
+        let size = r.size.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+        let holders = r
+            .holders
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        println!(
+            "{:<10} {:<7} {:<28} {:>10}  {:<16} {}",
+            r.kind,
+            scope_str(r.scope),
+            r.name,
+            size,
+            holders,
+            r.os_name
+        );
     }
     Ok(())
 }

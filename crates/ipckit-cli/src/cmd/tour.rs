@@ -19,25 +19,64 @@ pub struct Args {
     no_measure: bool,
 }
 
+/// A mechanism's tour: exchange with a peer process, return a one-line result.
+type TourFn = fn() -> Result<String, Box<dyn std::error::Error>>;
+
 /// What the tour knows about one mechanism.
 struct Mechanism {
     name: &'static str,
     windows: &'static str,
     /// `None` while the mechanism is not implemented.
-    run: Option<fn() -> Result<String, Box<dyn std::error::Error>>>,
+    run: Option<TourFn>,
 }
 
 /// The nine mechanisms of the Windows IPC model, in the order the seed lists them.
 const MECHANISMS: [Mechanism; 9] = [
-    Mechanism { name: "Clipboard", windows: "OpenClipboard, SetClipboardData", run: None },
-    Mechanism { name: "COM", windows: "CoCreateInstance, IUnknown", run: None },
-    Mechanism { name: "Copy Data", windows: "SendMessage(WM_COPYDATA)", run: None },
-    Mechanism { name: "DDE", windows: "DdeConnect, DdeClientTransaction", run: None },
-    Mechanism { name: "File Mapping", windows: "CreateFileMapping, MapViewOfFile", run: None },
-    Mechanism { name: "Pipes", windows: "CreatePipe, CreateNamedPipe", run: None },
-    Mechanism { name: "Mailslots", windows: "CreateMailslot, WriteFile", run: None },
-    Mechanism { name: "Sockets", windows: "WSASocket, connect, send", run: None },
-    Mechanism { name: "RPC", windows: "RpcBindingFromStringBinding, NdrClientCall", run: None },
+    Mechanism {
+        name: "Clipboard",
+        windows: "OpenClipboard, SetClipboardData",
+        run: None,
+    },
+    Mechanism {
+        name: "COM",
+        windows: "CoCreateInstance, IUnknown",
+        run: None,
+    },
+    Mechanism {
+        name: "Copy Data",
+        windows: "SendMessage(WM_COPYDATA)",
+        run: None,
+    },
+    Mechanism {
+        name: "DDE",
+        windows: "DdeConnect, DdeClientTransaction",
+        run: None,
+    },
+    Mechanism {
+        name: "File Mapping",
+        windows: "CreateFileMapping, MapViewOfFile",
+        run: None,
+    },
+    Mechanism {
+        name: "Pipes",
+        windows: "CreatePipe, CreateNamedPipe",
+        run: None,
+    },
+    Mechanism {
+        name: "Mailslots",
+        windows: "CreateMailslot, WriteFile",
+        run: None,
+    },
+    Mechanism {
+        name: "Sockets",
+        windows: "WSASocket, connect, send",
+        run: None,
+    },
+    Mechanism {
+        name: "RPC",
+        windows: "RpcBindingFromStringBinding, NdrClientCall",
+        run: None,
+    },
 ];
 
 pub fn run(args: Args) -> CmdResult {
@@ -54,7 +93,10 @@ pub fn run(args: Args) -> CmdResult {
         println!("os floor    {}", measure_os_floor()?);
     }
     println!();
-    println!("{:<3} {:<13} {:<44} {:<10} RESULT", "#", "MECHANISM", "WINDOWS API", "STATUS");
+    println!(
+        "{:<3} {:<13} {:<44} {:<10} RESULT",
+        "#", "MECHANISM", "WINDOWS API", "STATUS"
+    );
     let mut available = 0;
     for (i, m) in MECHANISMS.iter().enumerate() {
         let (status, result) = match m.run {
@@ -67,7 +109,14 @@ pub fn run(args: Args) -> CmdResult {
                 }
             }
         };
-        println!("{:<3} {:<13} {:<44} {:<10} {}", i + 1, m.name, m.windows, status, result);
+        println!(
+            "{:<3} {:<13} {:<44} {:<10} {}",
+            i + 1,
+            m.name,
+            m.windows,
+            status,
+            result
+        );
     }
     println!(
         "\n{available} of 9 mechanisms available; tour took {:.1} s. `ipckit bench` compares them with the raw OS.",
@@ -97,5 +146,8 @@ fn measure_os_floor() -> Result<String, Box<dyn std::error::Error>> {
     if parts.is_empty() {
         parts.push("no measurement".into());
     }
-    Ok(format!("Unix-socket round trip, 64 B, two processes: {}", parts.join(", ")))
+    Ok(format!(
+        "Unix-socket round trip, 64 B, two processes: {}",
+        parts.join(", ")
+    ))
 }

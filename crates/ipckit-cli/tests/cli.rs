@@ -1,0 +1,306 @@
+//! The `ipckit` binary, run as a user runs it: each command is a real process started through
+//! the test kit (so it dies with the test and works in the test's private namespace).
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use ipckit_testkit::{Peer, TestCase, test_case, wait_for};
+
+const T: Duration = Duration::from_secs(20);
+
+fn ipckit(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ipckit"));
+    c.args(args);
+    c
+}
+
+/// Runs `ipckit ARGS` to completion in the test's namespace.
+fn run(t: &TestCase, args: &[&str]) -> Output {
+    t.command(ipckit(args))
+        .start()
+        .wait_output_timeout(T)
+        .expect("ipckit finished")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(t: &TestCase, args: &[&str]) -> String {
+    let o = run(t, args);
+    assert!(
+        o.status.success(),
+        "ipckit {args:?} failed: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Starts a long-running `ipckit ARGS` and waits until its stdout contains `ready`.
+fn start(t: &TestCase, args: &[&str], ready: &str) -> Peer {
+    let mut p = t.command(ipckit(args)).start();
+    assert!(
+        wait_for(T, || p.stdout().contains(ready)),
+        "ipckit {args:?} did not print {ready:?}: {}",
+        p.report()
+    );
+    p
+}
+
+#[test]
+fn help_lists_the_subcommands() {
+    let t = test_case!();
+    let out = ok(&t, &["--help"]);
+    for cmd in [
+        "ls", "tour", "bench", "where", "shm", "event", "mutex", "sem",
+    ] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(cmd)),
+            "{cmd} missing from:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn ls_is_empty_in_a_fresh_namespace() {
+    let t = test_case!();
+    assert!(ok(&t, &["ls"]).contains("no live objects"));
+    let json: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
+    assert_eq!(json, serde_json::json!([]));
+    // The runtime folder was created private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(t.namespace())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn ls_refuses_a_runtime_folder_others_can_write() {
+    let t = test_case!();
+    use std::os::unix::fs::PermissionsExt;
+    let unsafe_dir = t.namespace().join("shared");
+    std::fs::create_dir(&unsafe_dir).unwrap();
+    std::fs::set_permissions(&unsafe_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut c = ipckit(&["ls"]);
+    c.env("IPCKIT_RUNTIME_DIR", &unsafe_dir);
+    let o = t.command(c).start().wait_output_timeout(T).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("writable by other users"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("IPCKIT_RUNTIME_DIR"),
+        "the error names the fix: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn where_maps_names_and_refuses_bad_ones() {
+    let t = test_case!();
+    let out = ok(&t, &["where", r"\\.\pipe\App\Ctl", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "pipe");
+    assert!(
+        v["path"].as_str().unwrap().ends_with("/pipe/app%5Cctl"),
+        "{v}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&t, &["where", r"Global\x", "--json"])).unwrap();
+    assert!(
+        v["shm_name"]
+            .as_str()
+            .unwrap()
+            .starts_with("ipckit.global."),
+        "{v}"
+    );
+    let o = run(&t, &["where", r"\\.\pipe\..\etc"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("win32 123"), "{}", stderr(&o));
+}
+
+#[test]
+fn tour_reports_all_nine_mechanisms() {
+    let t = test_case!();
+    let out = ok(&t, &["tour", "--no-measure"]);
+    for m in [
+        "Clipboard",
+        "COM",
+        "Copy Data",
+        "DDE",
+        "File Mapping",
+        "Pipes",
+        "Mailslots",
+        "Sockets",
+        "RPC",
+    ] {
+        assert!(out.contains(m), "{m} missing:\n{out}");
+    }
+    assert!(out.contains("of 9 mechanisms available"), "{out}");
+}
+
+#[test]
+fn shm_lives_while_held_and_shows_in_ls() {
+    let t = test_case!();
+    let mut holder = start(
+        &t,
+        &["shm", "create", r"Local\cli-shm", "--size", "8k", "--hold"],
+        "created mapping",
+    );
+    ok(
+        &t,
+        &["shm", "write", r"Local\cli-shm", "hello from the shell"],
+    );
+    assert_eq!(
+        ok(&t, &["shm", "read", r"Local\cli-shm"]),
+        "hello from the shell"
+    );
+    assert_eq!(
+        ok(
+            &t,
+            &[
+                "shm",
+                "read",
+                r"Local\cli-shm",
+                "--offset",
+                "6",
+                "--len",
+                "4"
+            ]
+        ),
+        "from"
+    );
+
+    let ls: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
+    let entry = &ls.as_array().unwrap()[0];
+    assert_eq!(entry["kind"], "mapping");
+    assert_eq!(entry["name"], r"Local\cli-shm");
+    assert_eq!(entry["size"], 8192);
+    assert_eq!(entry["holders"], serde_json::json!([holder.pid()]));
+    let shm_path = entry["os_name"].as_str().unwrap().to_owned();
+    assert!(std::path::Path::new(&shm_path).exists(), "{shm_path}");
+
+    holder.kill().unwrap();
+    // With its only holder killed, the mapping is gone: not listed, not openable, no file left.
+    let ls: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
+    assert_eq!(ls, serde_json::json!([]));
+    assert!(
+        !std::path::Path::new(&shm_path).exists(),
+        "{shm_path} left behind"
+    );
+    let o = run(&t, &["shm", "read", r"Local\cli-shm"]);
+    assert!(stderr(&o).contains("win32 2"), "{}", stderr(&o));
+}
+
+#[test]
+fn shm_rejects_bad_input() {
+    let t = test_case!();
+    let o = run(&t, &["shm", "create", "x", "--size", "0"]);
+    assert!(stderr(&o).contains("win32 87"), "{}", stderr(&o));
+    let o = run(&t, &["shm", "create", "x", "--size", "lots"]);
+    assert!(!o.status.success());
+    let o = run(&t, &["shm", "create", "a/b", "--size", "4k"]);
+    assert!(stderr(&o).contains("win32 123"), "{}", stderr(&o));
+    let _holder = start(
+        &t,
+        &["shm", "create", "small", "--size", "16", "--hold"],
+        "created mapping",
+    );
+    let o = run(
+        &t,
+        &[
+            "shm",
+            "write",
+            "small",
+            "--offset",
+            "10",
+            "more than six bytes",
+        ],
+    );
+    assert!(stderr(&o).contains("win32 87"), "{}", stderr(&o));
+    assert_eq!(
+        ok(&t, &["shm", "read", "small"]),
+        "",
+        "a refused write changes nothing"
+    );
+}
+
+#[test]
+fn mutex_abandoned_by_a_killed_holder() {
+    let t = test_case!();
+    let mut holder = start(&t, &["mutex", "hold", "cli-mutex"], "acquired");
+    let o = run(&t, &["mutex", "try", "cli-mutex", "--timeout", "50"]);
+    assert_eq!((o.status.code(), stdout(&o).trim()), (Some(2), "timeout"));
+    // A waiter holds the mutex object open (as a second handle would on Windows) ...
+    let mut waiter = t
+        .command(ipckit(&["mutex", "try", "cli-mutex", "--timeout", "20000"]))
+        .start();
+    let holders = || {
+        let ls: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
+        ls[0]["holders"].as_array().map_or(0, |h| h.len())
+    };
+    assert!(
+        wait_for(T, || holders() == 2),
+        "the waiter did not open the mutex"
+    );
+    // ... so when the owner is killed, the mutex survives, abandoned, and the waiter gets it.
+    holder.kill().unwrap();
+    let o = waiter.wait_output_timeout(T).unwrap();
+    assert_eq!(stdout(&o).trim(), "abandoned", "{}", stderr(&o));
+    // With every holder gone, the mutex is gone too: a new one is simply acquired.
+    assert_eq!(
+        ok(&t, &["mutex", "try", "cli-mutex", "--timeout", "10000"]).trim(),
+        "acquired"
+    );
+}
+
+#[test]
+fn event_and_semaphore_from_the_shell() {
+    let t = test_case!();
+    let _ev = start(
+        &t,
+        &["event", "create", "cli-ev", "--manual"],
+        "created manual-reset event",
+    );
+    let o = run(&t, &["event", "wait", "cli-ev", "--timeout", "10"]);
+    assert_eq!((o.status.code(), stdout(&o).trim()), (Some(2), "timeout"));
+    ok(&t, &["event", "set", "cli-ev"]);
+    assert_eq!(
+        ok(&t, &["event", "wait", "cli-ev", "--timeout", "10000"]).trim(),
+        "signaled"
+    );
+    ok(&t, &["event", "reset", "cli-ev"]);
+    let o = run(&t, &["event", "wait", "cli-ev", "--timeout", "10"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    let _sem = start(
+        &t,
+        &["sem", "create", "cli-sem", "--initial", "1", "--max", "2"],
+        "created semaphore",
+    );
+    assert_eq!(ok(&t, &["sem", "release", "cli-sem"]).trim(), "1");
+    let o = run(&t, &["sem", "release", "cli-sem"]);
+    assert!(stderr(&o).contains("win32 298"), "{}", stderr(&o));
+    assert_eq!(
+        ok(&t, &["sem", "wait", "cli-sem", "--timeout", "10000"]).trim(),
+        "signaled"
+    );
+    assert_eq!(
+        ok(&t, &["sem", "wait", "cli-sem", "--timeout", "10000"]).trim(),
+        "signaled"
+    );
+    let o = run(&t, &["sem", "wait", "cli-sem", "--timeout", "10"]);
+    assert_eq!(o.status.code(), Some(2));
+    // A name belongs to one kind of object.
+    let o = run(&t, &["event", "set", "cli-sem"]);
+    assert!(stderr(&o).contains("win32 6"), "{}", stderr(&o));
+}

@@ -38,8 +38,11 @@
 //! | File Mapping and sync objects, Pipes, Mailslots, Sockets, RPC, COM, DDE, Copy Data, Clipboard | not yet |
 
 pub mod error;
+pub mod mapping;
 pub mod name;
 pub mod namespace;
+pub mod object;
+pub mod sync;
 pub mod sys;
 
 pub use error::{Error, ErrorKind, Result};

@@ -460,16 +460,18 @@ impl std::str::FromStr for ObjectName {
 
 /// The reversible encoding of a validated name into one OS file-name component.
 ///
-/// Bytes `A-Z a-z 0-9 . _ -` stand for themselves; every other byte of the UTF-8 form
-/// (including `\`, `%`, `~` and spaces) becomes `%XX` (upper-case hex). When the result
+/// Bytes `A-Z a-z 0-9 . _ -` stand for themselves (but a leading `.` does not); every other
+/// byte of the UTF-8 form (including `\`, `%`, `~` and spaces) becomes `%XX` (upper-case hex).
+/// An encoded component never starts with `.`, so dot-files in ipckit's folders are its own. When the result
 /// would be longer than `limit` bytes, the component is instead `~` followed by the first
 /// 32 hex digits of the SHA-256 of the name: `~` never appears in an encoded name, so the
 /// two forms cannot collide, and the result never contains `/` or NUL, is never `.` or
 /// `..` and is at most `max(limit, 33)` bytes long.
 pub fn encode_component(name: &str, limit: usize) -> String {
     let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+    for (i, b) in name.bytes().enumerate() {
+        // A leading `.` is escaped: dot-files are reserved for ipckit's own bookkeeping.
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (b == b'.' && i > 0) {
             out.push(b as char);
         } else {
             out.push('%');
@@ -485,7 +487,7 @@ pub fn encode_component(name: &str, limit: usize) -> String {
             );
         }
     }
-    if out.len() > limit || out == "." || out == ".." || out.is_empty() {
+    if out.len() > limit || out.is_empty() {
         hashed_component(name)
     } else {
         out
@@ -522,7 +524,7 @@ pub fn decode_component(component: &str) -> Option<String> {
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
-            b if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') => {
+            b if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (b == b'.' && i > 0) => {
                 out.push(b);
                 i += 1;
             }

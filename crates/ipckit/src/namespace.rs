@@ -53,8 +53,7 @@ pub const GLOBAL_DIR: &str = "/tmp/ipckit-global";
 
 /// Longest encoded pipe or mailslot component before it is hashed.
 const SOCKET_COMPONENT_LIMIT: usize = 40;
-/// Longest encoded object component before it is hashed.
-const OBJECT_COMPONENT_LIMIT: usize = 200;
+use crate::object::OBJECT_COMPONENT_LIMIT;
 
 /// The kinds of folder inside a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -242,13 +241,15 @@ impl Namespace {
     /// The POSIX shared-memory name of a kernel object, without the leading `/`
     /// (the file `/dev/shm/NAME`).
     pub fn shm_name(&self, name: &ObjectName) -> String {
-        let prefix = match name.scope() {
-            Scope::Local => &self.local_shm_prefix,
-            Scope::Global => &self.global_shm_prefix,
-        };
+        self.shm_name_for(name.scope(), name.name())
+    }
+
+    /// The shared-memory name of the object `name` (without prefix) in `scope`.
+    pub fn shm_name_for(&self, scope: Scope, name: &str) -> String {
         format!(
-            "{prefix}{}",
-            encode_component(name.name(), OBJECT_COMPONENT_LIMIT)
+            "{}{}",
+            self.shm_prefix(scope),
+            encode_component(name, OBJECT_COMPONENT_LIMIT)
         )
     }
 
@@ -308,13 +309,21 @@ impl Namespace {
                 let rd = match std::fs::read_dir(&dir) {
                     Ok(rd) => rd,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::from_io(format!("cannot list {}", dir.display()), e)),
+                    Err(e) => {
+                        return Err(Error::from_io(format!("cannot list {}", dir.display()), e));
+                    }
                 };
                 for ent in rd {
-                    let ent = ent.map_err(|e| Error::from_io(format!("cannot list {}", dir.display()), e))?;
+                    let ent = ent
+                        .map_err(|e| Error::from_io(format!("cannot list {}", dir.display()), e))?;
                     let file_name = ent.file_name();
                     let name = file_name.to_str().and_then(crate::name::decode_component);
-                    out.push(Entry { folder, scope, name, path: ent.path() });
+                    out.push(Entry {
+                        folder,
+                        scope,
+                        name,
+                        path: ent.path(),
+                    });
                 }
             }
         }
@@ -348,6 +357,18 @@ mod tests {
         assert_eq!(
             ns.mailslot_path(&bc).unwrap_err().kind(),
             ErrorKind::NeedsGateway
+        );
+    }
+
+    #[test]
+    fn test_kit_knows_the_shm_token() {
+        let dir = Path::new("/tmp/some/test/dir");
+        let token = ipckit_testkit::namespace_shm_token(dir);
+        let ns = Namespace::at(dir);
+        assert!(ns.shm_prefix(Scope::Local).ends_with(&format!(".{token}.")));
+        assert_eq!(
+            ns.shm_prefix(Scope::Global),
+            format!("ipckit.global.{token}.")
         );
     }
 

@@ -275,7 +275,7 @@ proptest! {
     #[test]
     fn encoding_is_confined_and_reversible(s in any::<String>(), limit in 1usize..300) {
         let c = encode_component(&s, limit);
-        prop_assert!(!c.is_empty() && !c.contains('/') && !c.contains('\0') && c != "." && c != "..");
+        prop_assert!(!c.is_empty() && !c.contains('/') && !c.contains('\0') && !c.starts_with('.'));
         prop_assert!(c.len() <= limit.max(33));
         if let Some(d) = decode_component(&c) {
             prop_assert_eq!(d, s);

@@ -1,4 +1,8 @@
 //! The Linux backend of [`crate::sys`].
 
 pub mod dir;
+pub mod file;
+pub mod futex;
+pub mod mmap;
 pub mod process;
+pub mod shm;

@@ -38,10 +38,80 @@ mod tests {
     use super::*;
 
     #[test]
+    fn thread_liveness() {
+        assert!(thread_alive(current_tid()));
+        let t = std::thread::spawn(current_tid);
+        let tid = t.join().unwrap();
+        // An exited thread is gone once joined.
+        assert!(!thread_alive(tid));
+        assert!(!thread_alive(0));
+    }
+
+    #[test]
     fn ids() {
         assert_eq!(current_pid(), std::process::id());
         assert!(process_exists(current_pid()));
         assert!(!process_exists(0));
         assert!(!process_exists(u32::MAX));
+    }
+}
+
+/// The processes holding a `flock` on the file with this device and inode number, from
+/// `/proc/locks` (see `proc(5)`). Blocked requests are not counted. Empty when nobody holds it
+/// or `/proc` is not mounted.
+pub fn flock_holders(dev: u64, ino: u64) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let want = format!("{major:02x}:{minor:02x}:{ino}");
+    let mut pids: Vec<u32> = text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // "N: FLOCK ADVISORY READ PID MAJ:MIN:INO START END"; blocked waiters have "->".
+            if fields.get(1) != Some(&"FLOCK") || fields.get(5) != Some(&want.as_str()) {
+                return None;
+            }
+            fields.get(4)?.parse().ok()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+std::thread_local! {
+    static TID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// This thread's id (`gettid(2)`), cached per thread so that hot paths make no system call.
+/// A process that forks without exec must not use the cache in the child.
+pub fn current_tid() -> u32 {
+    TID.with(|t| {
+        let v = t.get();
+        if v != 0 {
+            return v;
+        }
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        t.set(tid);
+        tid
+    })
+}
+
+/// Whether the thread `tid` (of any process) is alive: `/proc/TID/stat` exists and its state is
+/// not zombie or dead (`proc(5)`; thread ids resolve under `/proc` though they are not listed).
+/// A killed process counts as dead before its parent reaps it.
+pub fn thread_alive(tid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tid}/stat")) else {
+        return false;
+    };
+    // "TID (COMM) STATE ...": COMM may hold spaces and parentheses, so find the last ')'.
+    match stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+    {
+        Some(state) => !matches!(state, "Z" | "X" | "x"),
+        None => false,
     }
 }

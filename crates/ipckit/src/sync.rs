@@ -1,0 +1,880 @@
+//! Named mutexes, events and semaphores, and waiting for several of them at once.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ipckit::sync::{Event, Mutex, Options, Semaphore, WaitStatus, wait_any};
+//! # let dir = std::env::temp_dir().join(format!("ipckit-doc-sync-{}", std::process::id()));
+//! # let ns = ipckit::namespace::Namespace::at(&dir);
+//!
+//! // CreateMutex(NULL, FALSE, "Local\\table-lock")
+//! let mutex = Mutex::create(&Options::named(r"Local\table-lock")?.namespace(ns.clone()), false)?;
+//! {
+//!     let guard = mutex.lock()?;          // WaitForSingleObject(mutex, INFINITE)
+//!     assert!(!guard.was_abandoned());    // WAIT_OBJECT_0, not WAIT_ABANDONED
+//! }                                       // ReleaseMutex
+//!
+//! // CreateEvent(NULL, TRUE /* manual */, FALSE, "Local\\ready") and CreateSemaphore(NULL, 0, 10, ...)
+//! let ready = Event::create(&Options::named(r"Local\ready")?.namespace(ns.clone()), true, false)?;
+//! let slots = Semaphore::create(&Options::named(r"Local\slots")?.namespace(ns.clone()), 0, 10)?;
+//! assert_eq!(slots.release(2)?, 0);       // ReleaseSemaphore returns the previous count
+//!
+//! // WaitForMultipleObjects(2, {ready, slots}, FALSE, 100): the lowest signalled index wins.
+//! let r = wait_any(&[&ready, &slots], Some(Duration::from_millis(100)))?;
+//! assert_eq!(r, (1, WaitStatus::Signaled));
+//! # drop((mutex, ready, slots)); let _ = std::fs::remove_dir_all(&dir);
+//! # Ok::<(), ipckit::Error>(())
+//! ```
+//!
+//! # Semantics (as on Windows)
+//! - **Mutex**: owned by a thread, recursive (acquire again, release as often); a release by a
+//!   thread that does not own it fails with [`ErrorKind::NotOwner`]. If the owner dies holding
+//!   it (SIGKILL included) or its thread exits, the mutex is *abandoned*: the next wait gets it
+//!   with [`WaitStatus::Abandoned`].
+//! - **Event**: manual-reset (stays signalled, releasing every waiter, until reset) or
+//!   auto-reset (each set releases exactly one waiter, then resets; with no waiter it stays
+//!   signalled until one comes).
+//! - **Semaphore**: a count between 0 and a maximum; a wait takes one; `release(n)` returns the
+//!   previous count, and fails with [`ErrorKind::TooManyPosts`], changing nothing, if the count
+//!   would pass the maximum.
+//! - [`wait_any`]: returns the lowest signalled index; [`wait_all`]: acquires all or none.
+//! - All four kinds share one namespace with file mappings: a name used by another kind fails
+//!   with [`ErrorKind::WrongKind`].
+//!
+//! # How
+//! The state of each object is a few 32-bit words in the first page of its side file (see
+//! [`crate::object`]), which every holder maps. Uncontended operations are one atomic
+//! instruction, no system call; waiting sleeps on a futex (no CPU). A waiter for a mutex checks,
+//! at growing intervals (1 ms up to 100 ms), whether the owner thread is still alive, which is
+//! how abandonment by a killed process is detected.
+//!
+//! # Differences
+//! - `wait_all` acquires atomically with respect to other `wait_all` callers and never leaves
+//!   objects taken on failure, but an observer may briefly see a semaphore or auto-reset event
+//!   taken and given back while a `wait_all` attempt backs off.
+//! - The owner of a mutex is identified by thread id; if the owner dies and its id is reused by
+//!   a new thread before a waiter checks, the abandonment is seen only when that thread ends.
+//! - At most 64 objects per wait, as `MAXIMUM_WAIT_OBJECTS`.
+
+use std::sync::atomic::{AtomicU32, Ordering::*};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::name::ObjectName;
+use crate::namespace::Namespace;
+use crate::object::{
+    Disposition, FLAG_MANUAL_RESET, Header, ObjectHandle, ObjectKind, STATE_OFFSET, Spec,
+};
+use crate::sys::futex::{self, Wake};
+use crate::sys::mmap::MappedRegion;
+use crate::sys::process::{current_pid, current_tid, thread_alive};
+
+/// Most objects one wait may name. Windows: `MAXIMUM_WAIT_OBJECTS`.
+pub const MAXIMUM_WAIT_OBJECTS: usize = 64;
+/// Largest semaphore maximum (Windows: a `LONG`).
+pub const MAX_SEMAPHORE_COUNT: u32 = i32::MAX as u32;
+
+const WAITERS: u32 = 1 << 31;
+const TID_MASK: u32 = !WAITERS;
+const FIRST_OWNER_CHECK: Duration = Duration::from_millis(1);
+const MAX_OWNER_CHECK: Duration = Duration::from_millis(100);
+
+/// How a wait for a single object ended successfully. Windows: `WAIT_OBJECT_0` / `WAIT_ABANDONED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WaitStatus {
+    /// The object was signalled (for a mutex: acquired).
+    Signaled,
+    /// A mutex was acquired after its owner died holding it: the data it guards may be
+    /// inconsistent.
+    Abandoned,
+}
+
+/// Where and how to create or open an object. Windows: the `lpName` and
+/// `lpMutexAttributes`-style arguments of the `Create*` / `Open*` calls.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    name: Option<ObjectName>,
+    namespace: Option<Namespace>,
+    others: bool,
+}
+
+impl Options {
+    /// An unnamed object: usable by the threads of this process.
+    pub fn unnamed() -> Options {
+        Options::default()
+    }
+
+    /// A named object (`NAME`, `Local\NAME`, `Global\NAME`).
+    pub fn named(name: &str) -> Result<Options> {
+        Ok(Options {
+            name: Some(ObjectName::parse(name)?),
+            ..Options::default()
+        })
+    }
+
+    /// Use this namespace instead of the user's.
+    pub fn namespace(mut self, ns: Namespace) -> Options {
+        self.namespace = Some(ns);
+        self
+    }
+
+    /// Let other users open the object (a permissive security descriptor). Default: no.
+    pub fn share_with_other_users(mut self, yes: bool) -> Options {
+        self.others = yes;
+        self
+    }
+
+    fn ns(&self) -> Namespace {
+        self.namespace.clone().unwrap_or_else(Namespace::from_env)
+    }
+
+    /// Creates or opens; `state` is the initial state of a new object, written before anyone
+    /// else can see it.
+    fn create(
+        &self,
+        kind: ObjectKind,
+        param: u64,
+        flags: u32,
+        state: [u32; 4],
+    ) -> Result<(Shared, Disposition)> {
+        let header = Header {
+            kind,
+            size: 0,
+            param,
+            flags,
+            creator_pid: 0,
+        };
+        let spec = Spec {
+            header,
+            with_shm: false,
+            others: self.others,
+            state,
+        };
+        let (object, disp) = ObjectHandle::create(&self.ns(), self.name.as_ref(), &spec)?;
+        Ok((Shared::new(object)?, disp))
+    }
+
+    fn open(&self, kind: ObjectKind) -> Result<Shared> {
+        let name = self.name.as_ref().ok_or_else(|| {
+            Error::with_message(ErrorKind::InvalidName, "opening an object needs its name")
+        })?;
+        Shared::new(ObjectHandle::open(&self.ns(), name, kind)?)
+    }
+}
+
+/// The mapped state page of an object.
+#[derive(Debug)]
+struct Shared {
+    region: MappedRegion,
+    object: ObjectHandle,
+}
+
+impl Shared {
+    fn new(object: ObjectHandle) -> Result<Shared> {
+        let region = object.map_state()?;
+        Ok(Shared { region, object })
+    }
+
+    /// The `i`-th 32-bit word of the state area.
+    fn word(&self, i: usize) -> &AtomicU32 {
+        assert!(STATE_OFFSET + 4 * (i + 1) <= self.region.len());
+        // SAFETY: the offset is inside the mapped page (asserted), 4-byte aligned (page-aligned
+        // base, STATE_OFFSET a multiple of 64), and the region lives as long as `&self`. Other
+        // processes change these words only through atomics too.
+        unsafe { AtomicU32::from_ptr(self.region.as_ptr().add(STATE_OFFSET + 4 * i).cast()) }
+    }
+}
+
+fn deadline_of(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.map(|t| {
+        Instant::now()
+            .checked_add(t)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(1 << 40))
+    })
+}
+
+fn timeout_error() -> Error {
+    Error::new(ErrorKind::Timeout)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutex
+// ---------------------------------------------------------------------------------------------
+
+/// A named or unnamed mutex. Windows: the handle from `CreateMutex` / `OpenMutex`.
+///
+/// State words: 0 = `lock` (0 free, else owner thread id | waiters bit), 1 = recursion count,
+/// 2 = owner pid (informational).
+#[derive(Debug)]
+pub struct Mutex {
+    shared: Shared,
+    existed: bool,
+}
+
+impl Mutex {
+    /// Creates the mutex, or opens it if the name exists (then `initial_owner` is ignored, as on
+    /// Windows; see [`already_existed`](Self::already_existed)). Windows: `CreateMutex`.
+    pub fn create(opts: &Options, initial_owner: bool) -> Result<Mutex> {
+        let state = if initial_owner {
+            [current_tid(), 1, current_pid(), 0]
+        } else {
+            [0; 4]
+        };
+        let (shared, disp) = opts.create(ObjectKind::Mutex, 0, 0, state)?;
+        Ok(Mutex {
+            shared,
+            existed: disp == Disposition::Opened,
+        })
+    }
+
+    /// Opens an existing named mutex. Windows: `OpenMutex`.
+    pub fn open(opts: &Options) -> Result<Mutex> {
+        Ok(Mutex {
+            shared: opts.open(ObjectKind::Mutex)?,
+            existed: true,
+        })
+    }
+
+    /// Whether create found an existing object (`ERROR_ALREADY_EXISTS`).
+    pub fn already_existed(&self) -> bool {
+        self.existed
+    }
+
+    fn lock_word(&self) -> &AtomicU32 {
+        self.shared.word(0)
+    }
+
+    fn recursion(&self) -> &AtomicU32 {
+        self.shared.word(1)
+    }
+
+    fn owner_pid_word(&self) -> &AtomicU32 {
+        self.shared.word(2)
+    }
+
+    fn took(&self, status: WaitStatus) -> WaitStatus {
+        self.recursion().store(1, Relaxed);
+        self.owner_pid_word().store(current_pid(), Relaxed);
+        status
+    }
+
+    /// One attempt, no sleeping. `check_owner`: also test whether a current owner is dead.
+    fn try_take(&self, check_owner: bool) -> Result<Option<WaitStatus>> {
+        let tid = current_tid();
+        let word = self.lock_word();
+        let mut c = word.load(Relaxed);
+        loop {
+            if c == 0 {
+                match word.compare_exchange(0, tid, Acquire, Relaxed) {
+                    Ok(_) => return Ok(Some(self.took(WaitStatus::Signaled))),
+                    Err(now) => {
+                        c = now;
+                        continue;
+                    }
+                }
+            }
+            let owner = c & TID_MASK;
+            if owner == tid {
+                let r = self.recursion();
+                let n = r.load(Relaxed);
+                if n >= i32::MAX as u32 {
+                    return Err(Error::with_message(
+                        ErrorKind::InvalidParameter,
+                        "mutex recursion limit reached",
+                    ));
+                }
+                r.store(n + 1, Relaxed);
+                return Ok(Some(WaitStatus::Signaled));
+            }
+            if check_owner && !thread_alive(owner) {
+                // Keep the waiters bit: others may be asleep on the word.
+                match word.compare_exchange(c, tid | (c & WAITERS), Acquire, Relaxed) {
+                    Ok(_) => return Ok(Some(self.took(WaitStatus::Abandoned))),
+                    Err(now) => {
+                        c = now;
+                        continue;
+                    }
+                }
+            }
+            return Ok(None);
+        }
+    }
+
+    /// Prepares to sleep: sets the waiters bit, returns the value to sleep on, or `None` if the
+    /// mutex became free meanwhile.
+    fn arm(&self) -> Option<u32> {
+        let word = self.lock_word();
+        let mut c = word.load(Relaxed);
+        loop {
+            if c == 0 {
+                return None;
+            }
+            if c & WAITERS != 0 {
+                return Some(c);
+            }
+            match word.compare_exchange(c, c | WAITERS, Relaxed, Relaxed) {
+                Ok(_) => return Some(c | WAITERS),
+                Err(now) => c = now,
+            }
+        }
+    }
+
+    /// Waits to own the mutex. `None` waits forever. Windows: `WaitForSingleObject` on a mutex.
+    /// Errors: [`ErrorKind::Timeout`] (`WAIT_TIMEOUT`).
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<WaitStatus> {
+        if let Some(s) = self.try_take(false)? {
+            return Ok(s);
+        }
+        wait_any_inner(&[self as &dyn Waitable], deadline_of(timeout)).map(|(_, s)| s)
+    }
+
+    /// Waits forever and returns a guard that releases on drop.
+    pub fn lock(&self) -> Result<MutexGuard<'_>> {
+        let status = self.wait(None)?;
+        Ok(MutexGuard {
+            mutex: self,
+            status,
+        })
+    }
+
+    /// Waits at most `timeout`, returning a guard that releases on drop.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard<'_>> {
+        let status = self.wait(Some(timeout))?;
+        Ok(MutexGuard {
+            mutex: self,
+            status,
+        })
+    }
+
+    /// Releases one level of ownership. Windows: `ReleaseMutex`; [`ErrorKind::NotOwner`] if
+    /// this thread does not own it.
+    pub fn release(&self) -> Result<()> {
+        let tid = current_tid();
+        let word = self.lock_word();
+        if word.load(Relaxed) & TID_MASK != tid {
+            return Err(Error::new(ErrorKind::NotOwner));
+        }
+        let r = self.recursion();
+        let n = r.load(Relaxed);
+        if n > 1 {
+            r.store(n - 1, Relaxed);
+            return Ok(());
+        }
+        r.store(0, Relaxed);
+        self.owner_pid_word().store(0, Relaxed);
+        if word.swap(0, Release) & WAITERS != 0 {
+            // Wake every waiter: one may be waiting for several objects and not take this one.
+            futex::wake_all(word);
+        }
+        Ok(())
+    }
+
+    /// The pid of the process whose thread owns the mutex, if it is owned (informational).
+    pub fn owner_pid(&self) -> Option<u32> {
+        (self.lock_word().load(Relaxed) != 0).then(|| self.owner_pid_word().load(Relaxed))
+    }
+}
+
+/// Ownership of a [`Mutex`], released when dropped.
+#[derive(Debug)]
+pub struct MutexGuard<'a> {
+    mutex: &'a Mutex,
+    status: WaitStatus,
+}
+
+impl MutexGuard<'_> {
+    /// Whether the previous owner died holding the mutex (`WAIT_ABANDONED`).
+    pub fn was_abandoned(&self) -> bool {
+        self.status == WaitStatus::Abandoned
+    }
+}
+
+impl Drop for MutexGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.mutex.release();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event
+// ---------------------------------------------------------------------------------------------
+
+/// A named or unnamed event. Windows: the handle from `CreateEvent` / `OpenEvent`.
+///
+/// State words: 0 = signalled (0/1), 1 = number of sleeping waiters.
+#[derive(Debug)]
+pub struct Event {
+    shared: Shared,
+    manual: bool,
+    existed: bool,
+}
+
+impl Event {
+    /// Creates the event, or opens it if the name exists (its own reset mode and state win).
+    /// Windows: `CreateEvent(attrs, manual_reset, initial_state, name)`.
+    pub fn create(opts: &Options, manual_reset: bool, initial_state: bool) -> Result<Event> {
+        let flags = if manual_reset { FLAG_MANUAL_RESET } else { 0 };
+        let (shared, disp) = opts.create(
+            ObjectKind::Event,
+            0,
+            flags,
+            [u32::from(initial_state), 0, 0, 0],
+        )?;
+        let manual = shared.object.header().flags & FLAG_MANUAL_RESET != 0;
+        Ok(Event {
+            shared,
+            manual,
+            existed: disp == Disposition::Opened,
+        })
+    }
+
+    /// Opens an existing named event. Windows: `OpenEvent`.
+    pub fn open(opts: &Options) -> Result<Event> {
+        let shared = opts.open(ObjectKind::Event)?;
+        let manual = shared.object.header().flags & FLAG_MANUAL_RESET != 0;
+        Ok(Event {
+            shared,
+            manual,
+            existed: true,
+        })
+    }
+
+    /// Whether create found an existing object (`ERROR_ALREADY_EXISTS`).
+    pub fn already_existed(&self) -> bool {
+        self.existed
+    }
+
+    /// Whether this is a manual-reset event.
+    pub fn is_manual_reset(&self) -> bool {
+        self.manual
+    }
+
+    fn state(&self) -> &AtomicU32 {
+        self.shared.word(0)
+    }
+
+    fn waiters(&self) -> &AtomicU32 {
+        self.shared.word(1)
+    }
+
+    /// Signals the event. Windows: `SetEvent`.
+    pub fn set(&self) -> Result<()> {
+        self.state().store(1, SeqCst);
+        if self.waiters().load(SeqCst) != 0 {
+            futex::wake_all(self.state());
+        }
+        Ok(())
+    }
+
+    /// Makes the event non-signalled. Windows: `ResetEvent`.
+    pub fn reset(&self) -> Result<()> {
+        self.state().store(0, SeqCst);
+        Ok(())
+    }
+
+    /// Whether the event is signalled now (does not consume an auto-reset event).
+    pub fn is_set(&self) -> bool {
+        self.state().load(SeqCst) != 0
+    }
+
+    /// Waits for the event (an auto-reset event is reset by a successful wait).
+    /// Windows: `WaitForSingleObject`. Errors: [`ErrorKind::Timeout`].
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<()> {
+        if self.try_take()?.is_some() {
+            return Ok(());
+        }
+        wait_any_inner(&[self as &dyn Waitable], deadline_of(timeout)).map(|_| ())
+    }
+
+    fn try_take(&self) -> Result<Option<WaitStatus>> {
+        let s = self.state();
+        let got = if self.manual {
+            s.load(SeqCst) != 0
+        } else {
+            s.compare_exchange(1, 0, SeqCst, SeqCst).is_ok()
+        };
+        Ok(got.then_some(WaitStatus::Signaled))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Semaphore
+// ---------------------------------------------------------------------------------------------
+
+/// A named or unnamed semaphore. Windows: the handle from `CreateSemaphore` / `OpenSemaphore`.
+///
+/// State words: 0 = count, 1 = number of sleeping waiters. The maximum is in the header.
+#[derive(Debug)]
+pub struct Semaphore {
+    shared: Shared,
+    max: u32,
+    existed: bool,
+}
+
+impl Semaphore {
+    /// Creates the semaphore, or opens it if the name exists (its own count and maximum win).
+    /// Windows: `CreateSemaphore(attrs, initial, maximum, name)`: `maximum` must be 1..=2³¹−1 and
+    /// `initial` at most `maximum` ([`ErrorKind::InvalidParameter`] otherwise).
+    pub fn create(opts: &Options, initial: u32, maximum: u32) -> Result<Semaphore> {
+        if maximum == 0 || maximum > MAX_SEMAPHORE_COUNT || initial > maximum {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                format!(
+                    "semaphore counts must satisfy 0 <= initial ({initial}) <= maximum ({maximum}), 1 <= maximum <= {MAX_SEMAPHORE_COUNT}"
+                ),
+            ));
+        }
+        let (shared, disp) = opts.create(
+            ObjectKind::Semaphore,
+            u64::from(maximum),
+            0,
+            [initial, 0, 0, 0],
+        )?;
+        let max = Self::checked_max(&shared)?;
+        Ok(Semaphore {
+            shared,
+            max,
+            existed: disp == Disposition::Opened,
+        })
+    }
+
+    /// Opens an existing named semaphore. Windows: `OpenSemaphore`.
+    pub fn open(opts: &Options) -> Result<Semaphore> {
+        let shared = opts.open(ObjectKind::Semaphore)?;
+        let max = Self::checked_max(&shared)?;
+        Ok(Semaphore {
+            shared,
+            max,
+            existed: true,
+        })
+    }
+
+    fn checked_max(shared: &Shared) -> Result<u32> {
+        match u32::try_from(shared.object.header().param) {
+            Ok(m) if (1..=MAX_SEMAPHORE_COUNT).contains(&m) => Ok(m),
+            _ => Err(Error::with_message(
+                ErrorKind::Protocol,
+                "damaged semaphore: maximum out of range",
+            )),
+        }
+    }
+
+    /// Whether create found an existing object (`ERROR_ALREADY_EXISTS`).
+    pub fn already_existed(&self) -> bool {
+        self.existed
+    }
+
+    /// The maximum count.
+    pub fn maximum(&self) -> u32 {
+        self.max
+    }
+
+    /// The current count (a snapshot).
+    pub fn count_now(&self) -> u32 {
+        self.count().load(SeqCst)
+    }
+
+    fn count(&self) -> &AtomicU32 {
+        self.shared.word(0)
+    }
+
+    fn waiters(&self) -> &AtomicU32 {
+        self.shared.word(1)
+    }
+
+    /// Adds `n` to the count and returns the previous count. Windows: `ReleaseSemaphore`.
+    /// [`ErrorKind::TooManyPosts`] (nothing changed) if the count would pass the maximum;
+    /// [`ErrorKind::InvalidParameter`] for `n == 0`.
+    pub fn release(&self, n: u32) -> Result<u32> {
+        if n == 0 {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                "release count must be at least 1",
+            ));
+        }
+        let c = self.count();
+        let mut cur = c.load(SeqCst);
+        loop {
+            match cur.checked_add(n) {
+                Some(next) if next <= self.max => {
+                    match c.compare_exchange(cur, next, SeqCst, SeqCst) {
+                        Ok(_) => break,
+                        Err(now) => cur = now,
+                    }
+                }
+                _ => return Err(Error::new(ErrorKind::TooManyPosts)),
+            }
+        }
+        if self.waiters().load(SeqCst) != 0 {
+            futex::wake_all(c);
+        }
+        Ok(cur)
+    }
+
+    /// Waits to take one from the count. Windows: `WaitForSingleObject`. Errors: [`ErrorKind::Timeout`].
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<()> {
+        if self.try_take()?.is_some() {
+            return Ok(());
+        }
+        wait_any_inner(&[self as &dyn Waitable], deadline_of(timeout)).map(|_| ())
+    }
+
+    fn try_take(&self) -> Result<Option<WaitStatus>> {
+        let c = self.count();
+        let mut cur = c.load(SeqCst);
+        while cur > 0 {
+            match c.compare_exchange(cur, cur - 1, SeqCst, SeqCst) {
+                Ok(_) => return Ok(Some(WaitStatus::Signaled)),
+                Err(now) => cur = now,
+            }
+        }
+        Ok(None)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting for several objects
+// ---------------------------------------------------------------------------------------------
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Mutex {}
+    impl Sealed for super::Event {}
+    impl Sealed for super::Semaphore {}
+}
+
+/// An object a thread can wait for: [`Mutex`], [`Event`] or [`Semaphore`].
+/// Windows: a waitable handle.
+pub trait Waitable: sealed::Sealed + std::fmt::Debug {
+    /// One attempt to take the object without sleeping.
+    #[doc(hidden)]
+    fn try_take_for_wait(&self, check_owner: bool) -> Result<Option<WaitStatus>>;
+    /// Registers as a sleeper; returns the word and value to sleep on, or `None` if the
+    /// object may be available now (then nothing is registered).
+    #[doc(hidden)]
+    fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)>;
+    /// Undoes `arm_for_wait`.
+    #[doc(hidden)]
+    fn disarm(&self);
+    /// Gives back what `try_take_for_wait` took (for `wait_all`'s all-or-nothing).
+    #[doc(hidden)]
+    fn give_back(&self) -> Result<()>;
+    /// Whether the object is a mutex (whose owner must be checked while waiting).
+    #[doc(hidden)]
+    fn is_mutex(&self) -> bool {
+        false
+    }
+}
+
+impl Waitable for Mutex {
+    fn try_take_for_wait(&self, check_owner: bool) -> Result<Option<WaitStatus>> {
+        self.try_take(check_owner)
+    }
+    fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
+        self.arm().map(|v| (self.lock_word(), v))
+    }
+    fn disarm(&self) {}
+    fn give_back(&self) -> Result<()> {
+        self.release()
+    }
+    fn is_mutex(&self) -> bool {
+        true
+    }
+}
+
+/// Shared arm/disarm for events and semaphores: count ourselves as a waiter, then re-check.
+fn arm_counter<'a>(word: &'a AtomicU32, waiters: &AtomicU32) -> Option<(&'a AtomicU32, u32)> {
+    waiters.fetch_add(1, SeqCst);
+    if word.load(SeqCst) != 0 {
+        waiters.fetch_sub(1, SeqCst);
+        return None;
+    }
+    Some((word, 0))
+}
+
+impl Waitable for Event {
+    fn try_take_for_wait(&self, _: bool) -> Result<Option<WaitStatus>> {
+        self.try_take()
+    }
+    fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
+        arm_counter(self.state(), self.waiters())
+    }
+    fn disarm(&self) {
+        self.waiters().fetch_sub(1, SeqCst);
+    }
+    fn give_back(&self) -> Result<()> {
+        if self.manual { Ok(()) } else { self.set() }
+    }
+}
+
+impl Waitable for Semaphore {
+    fn try_take_for_wait(&self, _: bool) -> Result<Option<WaitStatus>> {
+        self.try_take()
+    }
+    fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
+        arm_counter(self.count(), self.waiters())
+    }
+    fn disarm(&self) {
+        self.waiters().fetch_sub(1, SeqCst);
+    }
+    fn give_back(&self) -> Result<()> {
+        self.release(1).map(|_| ())
+    }
+}
+
+fn check_count(n: usize) -> Result<()> {
+    if n == 0 || n > MAXIMUM_WAIT_OBJECTS {
+        return Err(Error::with_message(
+            ErrorKind::InvalidParameter,
+            format!("wait for 1 to {MAXIMUM_WAIT_OBJECTS} objects, not {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Sleeps on the given objects' words until one changes, the deadline passes, or it is time to
+/// check mutex owners. Returns false when the deadline passed.
+fn sleep_on(
+    objects: &[&dyn Waitable],
+    deadline: Option<Instant>,
+    owner_check: &mut Duration,
+) -> Result<SleepEnd> {
+    let mut words: Vec<(&AtomicU32, u32)> = Vec::with_capacity(objects.len());
+    let mut armed: Vec<&dyn Waitable> = Vec::with_capacity(objects.len());
+    let mut ready = false;
+    for o in objects {
+        match o.arm_for_wait() {
+            Some(w) => {
+                words.push(w);
+                armed.push(*o);
+            }
+            None => {
+                ready = true;
+                break;
+            }
+        }
+    }
+    let end = if ready {
+        SleepEnd::Changed
+    } else {
+        let has_mutex = objects.iter().any(|o| o.is_mutex());
+        let check_at = has_mutex.then(|| Instant::now() + *owner_check);
+        let until = match (deadline, check_at) {
+            (Some(d), Some(c)) => Some(d.min(c)),
+            (d, c) => d.or(c),
+        };
+        match futex::wait_any(&words, until)? {
+            Wake::Changed => SleepEnd::Changed,
+            Wake::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => SleepEnd::Deadline,
+            Wake::TimedOut => {
+                *owner_check = (*owner_check * 2).min(MAX_OWNER_CHECK);
+                SleepEnd::CheckOwners
+            }
+        }
+    };
+    for o in armed {
+        o.disarm();
+    }
+    Ok(end)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum SleepEnd {
+    Changed,
+    Deadline,
+    CheckOwners,
+}
+
+fn wait_any_inner(
+    objects: &[&dyn Waitable],
+    deadline: Option<Instant>,
+) -> Result<(usize, WaitStatus)> {
+    check_count(objects.len())?;
+    let mut owner_check = FIRST_OWNER_CHECK;
+    let mut check_owner = false;
+    loop {
+        for (i, o) in objects.iter().enumerate() {
+            if let Some(s) = o.try_take_for_wait(check_owner)? {
+                return Ok((i, s));
+            }
+        }
+        match sleep_on(objects, deadline, &mut owner_check)? {
+            SleepEnd::Deadline => return Err(timeout_error()),
+            SleepEnd::CheckOwners => check_owner = true,
+            SleepEnd::Changed => check_owner = false,
+        }
+    }
+}
+
+/// Waits until any of `objects` is signalled and takes it; returns its index (the lowest, when
+/// several are) and how it was taken. `None` waits forever. Windows:
+/// `WaitForMultipleObjects(n, handles, FALSE, timeout)` → `WAIT_OBJECT_0 + i` /
+/// `WAIT_ABANDONED_0 + i`; errors: [`ErrorKind::Timeout`] (`WAIT_TIMEOUT`).
+pub fn wait_any(
+    objects: &[&dyn Waitable],
+    timeout: Option<Duration>,
+) -> Result<(usize, WaitStatus)> {
+    wait_any_inner(objects, deadline_of(timeout))
+}
+
+/// Waits until all of `objects` are signalled and takes them all at once (or none). Returns
+/// [`WaitStatus::Abandoned`] if any mutex among them was abandoned. Windows:
+/// `WaitForMultipleObjects(n, handles, TRUE, timeout)`; errors: [`ErrorKind::Timeout`].
+/// An object may appear only once.
+pub fn wait_all(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<WaitStatus> {
+    check_count(objects.len())?;
+    for (i, a) in objects.iter().enumerate() {
+        let pa = *a as *const dyn Waitable as *const ();
+        if objects[..i]
+            .iter()
+            .any(|b| std::ptr::eq(*b as *const dyn Waitable as *const (), pa))
+        {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                "an object appears twice in wait_all",
+            ));
+        }
+    }
+    let deadline = deadline_of(timeout);
+    let mut owner_check = FIRST_OWNER_CHECK;
+    let mut check_owner = false;
+    loop {
+        let mut taken: Vec<(usize, WaitStatus)> = Vec::with_capacity(objects.len());
+        let mut missing = None;
+        for (i, o) in objects.iter().enumerate() {
+            match o.try_take_for_wait(check_owner) {
+                Ok(Some(s)) => taken.push((i, s)),
+                Ok(None) => {
+                    missing = Some(i);
+                    break;
+                }
+                Err(e) => {
+                    give_back(objects, &taken);
+                    return Err(e);
+                }
+            }
+        }
+        let Some(missing) = missing else {
+            let abandoned = taken.iter().any(|(_, s)| *s == WaitStatus::Abandoned);
+            return Ok(if abandoned {
+                WaitStatus::Abandoned
+            } else {
+                WaitStatus::Signaled
+            });
+        };
+        give_back(objects, &taken);
+        // Sleep until the object we could not take changes.
+        match sleep_on(&objects[missing..=missing], deadline, &mut owner_check)? {
+            SleepEnd::Deadline => return Err(timeout_error()),
+            SleepEnd::CheckOwners => check_owner = true,
+            SleepEnd::Changed => check_owner = false,
+        }
+    }
+}
+
+fn give_back(objects: &[&dyn Waitable], taken: &[(usize, WaitStatus)]) {
+    for &(i, _) in taken.iter().rev() {
+        if let Err(e) = objects[i].give_back() {
+            tracing::warn!("wait_all could not give back object {i}: {e}");
+        }
+    }
+}

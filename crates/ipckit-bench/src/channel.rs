@@ -66,6 +66,12 @@ pub trait Transport: Sync + 'static {
 
     /// Peer side: connect to `peer.addr` and return the connected end.
     fn open_peer(&self, peer: &PeerEnv) -> io::Result<Self::Chan>;
+
+    /// Whether the streaming phases apply (false for one-slot hand-off channels, whose
+    /// streaming numbers would only restate the round trip).
+    fn streams(&self) -> bool {
+        true
+    }
 }
 
 /// One measured value of a case, before it is named after its mechanism.
@@ -118,7 +124,10 @@ impl<T: Transport> ErasedTransport for T {
     fn run_parent(&self, job: &Job<'_>) -> io::Result<Vec<Measurement>> {
         // The peer inherits this mask and then pins itself to its own CPU.
         let _pin = PinGuard::pin(job.placement.parent_cpu)?;
-        let phases = job.params.phases();
+        let mut phases = job.params.phases();
+        if !self.streams() {
+            phases.retain(|p| matches!(p, Phase::Rtt { .. }));
+        }
         let mut launcher = Launcher::new(job.exe, job.mechanism, job.placement, &phases)?;
         let opened = self.open_parent(&mut launcher);
         let process = launcher.take_process();

@@ -68,6 +68,7 @@
 
 pub mod affinity;
 pub mod channel;
+pub mod ipckit_sync;
 pub mod params;
 pub mod peer;
 pub mod raw;

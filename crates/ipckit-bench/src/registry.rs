@@ -152,6 +152,55 @@ pub static BENCHES: &[Bench] = &[
         about: "shared-memory rings, busy-polled (sched_yield every 256 polls)",
         kind: Kind::TwoProcess(&raw::shm::ShmSpin),
     },
+    Bench {
+        name: "atomic-cas",
+        group: Group::Raw,
+        baseline: None,
+        about: "compare-exchange pair (0->1, 1->0) on a shared word: the floor of a lock",
+        kind: Kind::Local(crate::ipckit_sync::atomic_cas),
+    },
+    Bench {
+        name: "pthread-robust",
+        group: Group::Raw,
+        baseline: None,
+        about: "process-shared robust pthread mutex, uncontended lock + unlock",
+        kind: Kind::Local(crate::ipckit_sync::pthread_robust),
+    },
+    Bench {
+        name: "pthread-robust-contended",
+        group: Group::Raw,
+        baseline: None,
+        about: "two processes taking turns on a process-shared robust pthread mutex",
+        kind: Kind::TwoProcess(&crate::ipckit_sync::PthreadContended),
+    },
+    Bench {
+        name: "ipckit-mutex",
+        group: Group::Ipckit,
+        baseline: Some("atomic-cas"),
+        about: "named mutex, uncontended WaitForSingleObject + ReleaseMutex",
+        kind: Kind::Local(crate::ipckit_sync::mutex_uncontended),
+    },
+    Bench {
+        name: "ipckit-mutex-contended",
+        group: Group::Ipckit,
+        baseline: Some("pthread-robust-contended"),
+        about: "two processes taking turns on a named mutex",
+        kind: Kind::TwoProcess(&crate::ipckit_sync::MutexContended),
+    },
+    Bench {
+        name: "ipckit-event",
+        group: Group::Ipckit,
+        baseline: Some("shm-futex"),
+        about: "named file mapping + auto-reset events (SetEvent -> wake)",
+        kind: Kind::TwoProcess(&crate::ipckit_sync::EventChannel),
+    },
+    Bench {
+        name: "ipckit-semaphore",
+        group: Group::Ipckit,
+        baseline: Some("shm-futex"),
+        about: "named file mapping + semaphores (ReleaseSemaphore -> wake)",
+        kind: Kind::TwoProcess(&crate::ipckit_sync::SemaphoreChannel),
+    },
 ];
 
 /// Every benchmark, in run order.

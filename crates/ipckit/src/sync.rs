@@ -75,6 +75,7 @@ pub const MAX_SEMAPHORE_COUNT: u32 = i32::MAX as u32;
 
 const WAITERS: u32 = 1 << 31;
 const TID_MASK: u32 = !WAITERS;
+const SPIN_BEFORE_SLEEP: u32 = 100;
 const FIRST_OWNER_CHECK: Duration = Duration::from_millis(1);
 const MAX_OWNER_CHECK: Duration = Duration::from_millis(100);
 
@@ -261,7 +262,11 @@ impl Mutex {
     fn try_take(&self, check_owner: bool) -> Result<Option<WaitStatus>> {
         let tid = current_tid();
         let word = self.lock_word();
-        let mut c = word.load(Relaxed);
+        // Optimistic first attempt: the uncontended path is one compare-exchange.
+        let mut c = match word.compare_exchange(0, tid, Acquire, Relaxed) {
+            Ok(_) => return Ok(Some(self.took(WaitStatus::Signaled))),
+            Err(now) => now,
+        };
         loop {
             if c == 0 {
                 match word.compare_exchange(0, tid, Acquire, Relaxed) {
@@ -324,6 +329,18 @@ impl Mutex {
         if let Some(s) = self.try_take(false)? {
             return Ok(s);
         }
+        // A holder on another CPU usually lets go within a few hundred nanoseconds: spin a
+        // little before sleeping (bounded, so a holder on this CPU costs little).
+        if timeout != Some(Duration::ZERO) {
+            for _ in 0..SPIN_BEFORE_SLEEP {
+                std::hint::spin_loop();
+                if self.lock_word().load(Relaxed) == 0
+                    && let Some(s) = self.try_take(false)?
+                {
+                    return Ok(s);
+                }
+            }
+        }
         wait_any_inner(&[self as &dyn Waitable], deadline_of(timeout)).map(|(_, s)| s)
     }
 
@@ -359,8 +376,7 @@ impl Mutex {
             r.store(n - 1, Relaxed);
             return Ok(());
         }
-        r.store(0, Relaxed);
-        self.owner_pid_word().store(0, Relaxed);
+        // The next owner sets the recursion count and owner pid; only the word matters here.
         if word.swap(0, Release) & WAITERS != 0 {
             // Wake every waiter: one may be waiting for several objects and not take this one.
             futex::wake_all(word);
@@ -738,14 +754,16 @@ fn sleep_on(
     deadline: Option<Instant>,
     owner_check: &mut Duration,
 ) -> Result<SleepEnd> {
-    let mut words: Vec<(&AtomicU32, u32)> = Vec::with_capacity(objects.len());
-    let mut armed: Vec<&dyn Waitable> = Vec::with_capacity(objects.len());
+    // Fixed arrays on the stack: waiting allocates nothing.
+    static UNUSED: AtomicU32 = AtomicU32::new(0);
+    let mut words = [(&UNUSED, 0u32); MAXIMUM_WAIT_OBJECTS];
+    let mut armed = 0;
     let mut ready = false;
     for o in objects {
         match o.arm_for_wait() {
             Some(w) => {
-                words.push(w);
-                armed.push(*o);
+                words[armed] = w;
+                armed += 1;
             }
             None => {
                 ready = true;
@@ -762,7 +780,7 @@ fn sleep_on(
             (Some(d), Some(c)) => Some(d.min(c)),
             (d, c) => d.or(c),
         };
-        match futex::wait_any(&words, until)? {
+        match futex::wait_any(&words[..armed], until)? {
             Wake::Changed => SleepEnd::Changed,
             Wake::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => SleepEnd::Deadline,
             Wake::TimedOut => {
@@ -771,7 +789,7 @@ fn sleep_on(
             }
         }
     };
-    for o in armed {
+    for o in &objects[..armed] {
         o.disarm();
     }
     Ok(end)

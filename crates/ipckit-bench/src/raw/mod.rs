@@ -3,9 +3,18 @@
 //! these.
 
 pub mod memcpy;
+pub mod page;
 pub mod pipe;
+pub mod pthread;
 pub mod shm;
 pub mod socket;
+
+pub use page::ShmPage;
+
+/// An unnamed shared page for single-process lock measurements.
+pub fn shm_page() -> io::Result<ShmPage> {
+    ShmPage::anonymous()
+}
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};

@@ -5,9 +5,20 @@
 
 use rustix::process::{Pid, getegid, geteuid, getpid, test_kill_process};
 
-/// This process's id. Linux: `getpid(2)`.
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// This process's id (`getpid(2)`), cached so that hot paths make no system call.
+/// A process that forks without exec must not use the cache in the child.
 pub fn current_pid() -> u32 {
-    getpid().as_raw_nonzero().get() as u32
+    use std::sync::atomic::Ordering::Relaxed;
+    match PID.load(Relaxed) {
+        0 => {
+            let pid = getpid().as_raw_nonzero().get() as u32;
+            PID.store(pid, Relaxed);
+            pid
+        }
+        pid => pid,
+    }
 }
 
 /// The effective user id, which owns the objects this process creates. Linux: `geteuid(2)`.

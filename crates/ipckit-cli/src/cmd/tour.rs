@@ -6,9 +6,11 @@
 //! available yet. It starts by checking the namespace folder and measuring the OS floor
 //! (a raw Unix-socket round trip between two processes) so the numbers have a reference.
 
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use ipckit::namespace::Namespace;
+use ipckit_bench::Record;
 
 use super::CmdResult;
 
@@ -19,15 +21,42 @@ pub struct Args {
     no_measure: bool,
 }
 
-/// A mechanism's tour: exchange with a peer process, return a one-line result.
-type TourFn = fn() -> Result<String, Box<dyn std::error::Error>>;
-
 /// What the tour knows about one mechanism.
 struct Mechanism {
     name: &'static str,
     windows: &'static str,
-    /// `None` while the mechanism is not implemented.
-    run: Option<TourFn>,
+    /// The benchmarks (run between this process and a peer process) that exercise it;
+    /// empty while the mechanism is not implemented.
+    benches: &'static [&'static str],
+    /// Turns their records into the one-line result.
+    summary: fn(&[Record]) -> String,
+}
+
+fn none(_: &[Record]) -> String {
+    "-".into()
+}
+
+/// The median of `mechanism`'s `case` (prefix) in µs, formatted.
+fn us(records: &[Record], mechanism: &str, case: &str) -> Option<String> {
+    records
+        .iter()
+        .find(|r| r.mechanism == mechanism && r.case.starts_with(case) && r.metric == "median")
+        .map(|r| {
+            if r.value < 1000.0 {
+                format!("{:.0} ns", r.value)
+            } else {
+                format!("{:.1} µs", r.value / 1000.0)
+            }
+        })
+}
+
+fn file_mapping(records: &[Record]) -> String {
+    format!(
+        "SetEvent->wake round trip {} (same core), {} (cross core); mutex lock+unlock {}",
+        us(records, "ipckit-event", "rtt-64B/same").unwrap_or_else(|| "?".into()),
+        us(records, "ipckit-event", "rtt-64B/cross").unwrap_or_else(|| "?".into()),
+        us(records, "ipckit-mutex", "lock-unlock").unwrap_or_else(|| "?".into()),
+    )
 }
 
 /// The nine mechanisms of the Windows IPC model, in the order the seed lists them.
@@ -35,47 +64,56 @@ const MECHANISMS: [Mechanism; 9] = [
     Mechanism {
         name: "Clipboard",
         windows: "OpenClipboard, SetClipboardData",
-        run: None,
+        benches: &[],
+        summary: none,
     },
     Mechanism {
         name: "COM",
         windows: "CoCreateInstance, IUnknown",
-        run: None,
+        benches: &[],
+        summary: none,
     },
     Mechanism {
         name: "Copy Data",
         windows: "SendMessage(WM_COPYDATA)",
-        run: None,
+        benches: &[],
+        summary: none,
     },
     Mechanism {
         name: "DDE",
         windows: "DdeConnect, DdeClientTransaction",
-        run: None,
+        benches: &[],
+        summary: none,
     },
     Mechanism {
         name: "File Mapping",
-        windows: "CreateFileMapping, MapViewOfFile",
-        run: None,
+        windows: "CreateFileMapping, CreateEvent, CreateMutex",
+        benches: &["ipckit-event", "ipckit-mutex"],
+        summary: file_mapping,
     },
     Mechanism {
         name: "Pipes",
         windows: "CreatePipe, CreateNamedPipe",
-        run: None,
+        benches: &[],
+        summary: none,
     },
     Mechanism {
         name: "Mailslots",
         windows: "CreateMailslot, WriteFile",
-        run: None,
+        benches: &[],
+        summary: none,
     },
     Mechanism {
         name: "Sockets",
         windows: "WSASocket, connect, send",
-        run: None,
+        benches: &[],
+        summary: none,
     },
     Mechanism {
         name: "RPC",
         windows: "RpcBindingFromStringBinding, NdrClientCall",
-        run: None,
+        benches: &[],
+        summary: none,
     },
 ];
 
@@ -89,25 +127,54 @@ pub fn run(args: Args) -> CmdResult {
         ns.runtime_dir().display(),
         ipckit::sys::process::current_uid()
     );
-    if !args.no_measure {
-        println!("os floor    {}", measure_os_floor()?);
-    }
+    let records = if args.no_measure {
+        Vec::new()
+    } else {
+        // One run of the bench harness: every case is this process and a peer process.
+        let mut filters = vec!["unix-stream".to_owned()];
+        filters.extend(
+            MECHANISMS
+                .iter()
+                .flat_map(|m| m.benches.iter().map(|b| (*b).to_owned())),
+        );
+        let opts = ipckit_bench::Options {
+            filters,
+            quick: true,
+            json: true,
+            progress: false,
+        };
+        let tty = std::io::stderr().is_terminal();
+        if tty {
+            eprint!("measuring between two processes...\r");
+        }
+        let records = ipckit_bench::run(&opts, &mut std::io::sink())?;
+        if tty {
+            eprint!("                                   \r");
+        }
+        println!(
+            "os floor    raw Unix-socket round trip, 64 B: {} (same core), {} (cross core)",
+            us(&records, "unix-stream", "rtt-64B/same").unwrap_or_else(|| "?".into()),
+            us(&records, "unix-stream", "rtt-64B/cross").unwrap_or_else(|| "?".into()),
+        );
+        records
+    };
     println!();
     println!(
-        "{:<3} {:<13} {:<44} {:<10} RESULT",
+        "{:<3} {:<13} {:<44} {:<10} RESULT (two processes)",
         "#", "MECHANISM", "WINDOWS API", "STATUS"
     );
     let mut available = 0;
     for (i, m) in MECHANISMS.iter().enumerate() {
-        let (status, result) = match m.run {
-            None => ("not yet", "-".to_owned()),
-            Some(f) => {
-                available += 1;
-                match f() {
-                    Ok(r) => ("ok", r),
-                    Err(e) => ("FAILED", e.to_string()),
-                }
-            }
+        let (status, result) = if m.benches.is_empty() {
+            ("not yet", "-".to_owned())
+        } else {
+            available += 1;
+            let result = if args.no_measure {
+                "(not measured)".to_owned()
+            } else {
+                (m.summary)(&records)
+            };
+            ("ok", result)
         };
         println!(
             "{:<3} {:<13} {:<44} {:<10} {}",
@@ -123,31 +190,4 @@ pub fn run(args: Args) -> CmdResult {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// A raw Unix-socket round trip between this process and a peer process: the floor that
-/// every local mechanism is measured against.
-fn measure_os_floor() -> Result<String, Box<dyn std::error::Error>> {
-    let opts = ipckit_bench::Options {
-        filters: vec!["unix-stream".into()],
-        quick: true,
-        json: true,
-        progress: false,
-    };
-    let records = ipckit_bench::run(&opts, &mut std::io::sink())?;
-    let mut parts: Vec<String> = records
-        .iter()
-        .filter(|r| r.metric == "median" && r.case.starts_with("rtt-64B"))
-        .map(|r| {
-            let placement = r.case.split('/').nth(1).unwrap_or("");
-            format!("{:.1} µs {placement}", r.value / 1000.0)
-        })
-        .collect();
-    if parts.is_empty() {
-        parts.push("no measurement".into());
-    }
-    Ok(format!(
-        "Unix-socket round trip, 64 B, two processes: {}",
-        parts.join(", ")
-    ))
 }

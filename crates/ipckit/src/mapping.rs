@@ -30,6 +30,9 @@
 //! - Views: read, write or copy-on-write, at offsets that are multiples of
 //!   [`allocation_granularity`], length 0 meaning "to the end"; all shared views of one mapping,
 //!   in every process, see the same bytes; a copy-on-write view is private.
+//! - A read-only mapping (`PAGE_READONLY`) and a handle opened for reading or copying map no
+//!   write view, in any process ([`ErrorKind::AccessDenied`]); a failed create changes
+//!   nothing (a file is grown only once every check has passed).
 //! - The mapping lives while a handle or a view is open in any process, and vanishes with its
 //!   data when the last one closes or its process dies (SIGKILL included).
 //!
@@ -49,7 +52,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use crate::error::{Error, ErrorKind, Result};
 use crate::name::ObjectName;
 use crate::namespace::Namespace;
-use crate::object::{Disposition, FLAG_FILE_BACKED, Header, ObjectHandle, ObjectKind, Spec};
+use crate::object::{
+    Disposition, FLAG_FILE_BACKED, FLAG_READ_ONLY, Header, ObjectHandle, ObjectKind, Spec,
+};
 use crate::sys::mmap::{Access, MappedRegion};
 
 pub use crate::sys::mmap::allocation_granularity;
@@ -103,7 +108,9 @@ impl FileMappingBuilder {
         self
     }
 
-    /// Page protection (default read-write).
+    /// Page protection (default read-write). A read-only mapping refuses write views in every
+    /// process that opens it; with a file, read-write needs a file open for writing
+    /// ([`ErrorKind::AccessDenied`] otherwise).
     pub fn protection(mut self, protection: Protection) -> Self {
         self.protection = protection;
         self
@@ -133,8 +140,27 @@ impl FileMappingBuilder {
     /// Windows: `CreateFileMapping`.
     pub fn create(self) -> Result<FileMapping> {
         let file_backed = self.file.is_some();
+        // Every check comes before the file grows: a failed call changes nothing.
+        if file_backed && self.name.is_some() {
+            return Err(Error::with_message(
+                ErrorKind::Unsupported,
+                "named file-backed mappings are not supported yet: name a paging-file mapping, or share the file itself",
+            ));
+        }
         let mut size = self.size;
         if let Some(file) = &self.file {
+            // Windows: the file handle needs GENERIC_READ, and GENERIC_WRITE for PAGE_READWRITE.
+            let (readable, writable) = crate::sys::file::access(file)?;
+            if !readable || (!writable && self.protection == Protection::ReadWrite) {
+                return Err(Error::with_message(
+                    ErrorKind::AccessDenied,
+                    if readable {
+                        "the file is open read-only: map it with Protection::ReadOnly"
+                    } else {
+                        "the file must be open for reading to be mapped"
+                    },
+                ));
+            }
             let file_len = crate::sys::file::size(file)?;
             if size == 0 {
                 size = file_len;
@@ -169,19 +195,17 @@ impl FileMappingBuilder {
             Some(ns) => ns,
             None => Namespace::user()?,
         };
+        let mut flags = if file_backed { FLAG_FILE_BACKED } else { 0 };
+        if self.protection == Protection::ReadOnly {
+            flags |= FLAG_READ_ONLY;
+        }
         let header = Header {
             kind: ObjectKind::FileMapping,
             size,
             param: 0,
-            flags: if file_backed { FLAG_FILE_BACKED } else { 0 },
+            flags,
             creator_pid: 0,
         };
-        if file_backed && self.name.is_some() {
-            return Err(Error::with_message(
-                ErrorKind::Unsupported,
-                "named file-backed mappings are not supported yet: name a paging-file mapping, or share the file itself",
-            ));
-        }
         let spec = Spec {
             header,
             with_shm: !file_backed,
@@ -189,11 +213,11 @@ impl FileMappingBuilder {
             state: [0; 4],
         };
         let (object, disposition) = ObjectHandle::create(&ns, self.name.as_ref(), &spec)?;
-        let writable = match (disposition, self.protection) {
-            (Disposition::Created, p) => p == Protection::ReadWrite,
-            // Opening an existing mapping: its protection is what our access allows.
-            (Disposition::Opened, p) => p == Protection::ReadWrite,
-        };
+        if disposition == Disposition::Opened {
+            check_data_size(&object)?;
+        }
+        // An existing mapping's protection wins; ours may only narrow it.
+        let writable = self.protection == Protection::ReadWrite && !read_only(&object);
         let size = object.header().size;
         Ok(FileMapping {
             inner: Arc::new(Inner {
@@ -205,6 +229,28 @@ impl FileMappingBuilder {
             existed: disposition == Disposition::Opened,
         })
     }
+}
+
+/// Whether the mapping was created read-only (`PAGE_READONLY`).
+fn read_only(object: &ObjectHandle) -> bool {
+    object.header().flags & FLAG_READ_ONLY != 0
+}
+
+/// Refuses a mapping whose shared memory is smaller than its header says (damaged, or truncated
+/// by another program): touching the missing pages would kill the process with `SIGBUS`.
+fn check_data_size(object: &ObjectHandle) -> Result<()> {
+    let Some(fd) = object.data_fd() else {
+        return Ok(());
+    };
+    let have = crate::sys::file::size(fd)?;
+    let want = object.header().size;
+    if have < want {
+        return Err(Error::with_message(
+            ErrorKind::Protocol,
+            format!("damaged mapping: its shared memory has {have} of its {want} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 fn too_big(size: u64) -> Error {
@@ -243,7 +289,9 @@ impl FileMapping {
         Self::builder().name(name)?.size(size).create()
     }
 
-    /// Opens an existing named mapping. Windows: `OpenFileMapping`.
+    /// Opens an existing named mapping. Windows: `OpenFileMapping`. `access` is the most the
+    /// handle allows: only [`ViewAccess::Write`] lets it map write views (and only when the
+    /// mapping was not created read-only); any handle maps read and copy-on-write views.
     /// [`ErrorKind::NotFound`] if there is none, [`ErrorKind::WrongKind`] if the name is
     /// another kind of object.
     pub fn open(name: &str, access: ViewAccess) -> Result<FileMapping> {
@@ -260,8 +308,11 @@ impl FileMapping {
                 "file-backed mappings cannot be opened by name",
             ));
         }
+        check_data_size(&object)?;
         let size = object.header().size;
-        let writable = access != ViewAccess::Read;
+        // Windows: a handle opened for FILE_MAP_READ or FILE_MAP_COPY cannot map a write view,
+        // nor can any handle of a PAGE_READONLY mapping.
+        let writable = access == ViewAccess::Write && !read_only(&object);
         Ok(FileMapping {
             inner: Arc::new(Inner {
                 object,

@@ -44,13 +44,16 @@
 //! The state of each object is a few 32-bit words in the first page of its side file (see
 //! [`crate::object`]), which every holder maps. Uncontended operations are one atomic
 //! instruction, no system call; waiting sleeps on a futex (no CPU). A waiter for a mutex checks,
-//! at growing intervals (1 ms up to 100 ms), whether the owner thread is still alive, which is
-//! how abandonment by a killed process is detected.
+//! at growing intervals (1 ms up to 100 ms), and once more before it reports a timeout (so a
+//! poll with timeout 0 sees it too), whether the owner thread is still alive, which is how
+//! abandonment by a killed process is detected.
 //!
 //! # Differences
-//! - `wait_all` acquires atomically with respect to other `wait_all` callers and never leaves
-//!   objects taken on failure, but an observer may briefly see a semaphore or auto-reset event
-//!   taken and given back while a `wait_all` attempt backs off.
+//! - `wait_all` takes nothing until every object looks available, and never leaves objects
+//!   taken on failure (an abandoned mutex it backs off from stays abandoned for the next
+//!   taker). When another thread takes one of them between the look and the take, an observer
+//!   may briefly see a semaphore or auto-reset event taken and given back; a semaphore unit is
+//!   then given back even if a release filled the count meanwhile.
 //! - The owner of a mutex is identified by thread id; if the owner dies and its id is reused by
 //!   a new thread before a waiter checks, the abandonment is seen only when that thread ends.
 //! - At most 64 objects per wait, as `MAXIMUM_WAIT_OBJECTS`.
@@ -167,12 +170,19 @@ impl Options {
 struct Shared {
     region: MappedRegion,
     object: ObjectHandle,
+    /// The object's identity, the same through every handle (see `wait_all`).
+    identity: (u64, u64),
 }
 
 impl Shared {
     fn new(object: ObjectHandle) -> Result<Shared> {
         let region = object.map_state()?;
-        Ok(Shared { region, object })
+        let identity = object.identity()?;
+        Ok(Shared {
+            region,
+            object,
+            identity,
+        })
     }
 
     /// The `i`-th 32-bit word of the state area.
@@ -258,19 +268,26 @@ impl Mutex {
         status
     }
 
+    /// Whether [`try_take`](Self::try_take) would succeed now (free, ours, or, when
+    /// `check_owner`, owned by a dead thread). Takes nothing.
+    fn available(&self, check_owner: bool) -> bool {
+        let owner = self.lock_word().load(Relaxed) & TID_MASK;
+        owner == 0 || owner == current_tid() || (check_owner && !thread_alive(owner))
+    }
+
     /// One attempt, no sleeping. `check_owner`: also test whether a current owner is dead.
-    fn try_take(&self, check_owner: bool) -> Result<Option<WaitStatus>> {
+    fn try_take(&self, check_owner: bool) -> Result<Option<Taken>> {
         let tid = current_tid();
         let word = self.lock_word();
         // Optimistic first attempt: the uncontended path is one compare-exchange.
         let mut c = match word.compare_exchange(0, tid, Acquire, Relaxed) {
-            Ok(_) => return Ok(Some(self.took(WaitStatus::Signaled))),
+            Ok(_) => return Ok(Some(Taken::plain(self.took(WaitStatus::Signaled)))),
             Err(now) => now,
         };
         loop {
             if c == 0 {
                 match word.compare_exchange(0, tid, Acquire, Relaxed) {
-                    Ok(_) => return Ok(Some(self.took(WaitStatus::Signaled))),
+                    Ok(_) => return Ok(Some(Taken::plain(self.took(WaitStatus::Signaled)))),
                     Err(now) => {
                         c = now;
                         continue;
@@ -288,12 +305,19 @@ impl Mutex {
                     ));
                 }
                 r.store(n + 1, Relaxed);
-                return Ok(Some(WaitStatus::Signaled));
+                return Ok(Some(Taken::plain(WaitStatus::Signaled)));
             }
             if check_owner && !thread_alive(owner) {
                 // Keep the waiters bit: others may be asleep on the word.
                 match word.compare_exchange(c, tid | (c & WAITERS), Acquire, Relaxed) {
-                    Ok(_) => return Ok(Some(self.took(WaitStatus::Abandoned))),
+                    Ok(_) => {
+                        // What `give_back` needs to make it the dead owner's again.
+                        let dead_pid = self.owner_pid_word().load(Relaxed);
+                        return Ok(Some(Taken {
+                            status: self.took(WaitStatus::Abandoned),
+                            restore: Some((owner, dead_pid)),
+                        }));
+                    }
                     Err(now) => {
                         c = now;
                         continue;
@@ -302,6 +326,33 @@ impl Mutex {
             }
             return Ok(None);
         }
+    }
+
+    /// Undoes a [`try_take`](Self::try_take) (for `wait_all`'s all-or-nothing). A mutex taken
+    /// from a dead owner goes back to that owner, so that it stays abandoned for the next taker.
+    fn untake(&self, taken: &Taken) -> Result<()> {
+        let Some((dead_tid, dead_pid)) = taken.restore else {
+            return self.release();
+        };
+        let tid = current_tid();
+        let word = self.lock_word();
+        if word.load(Relaxed) & TID_MASK != tid {
+            return Err(Error::new(ErrorKind::NotOwner));
+        }
+        self.owner_pid_word().store(dead_pid, Relaxed);
+        let mut c = word.load(Relaxed);
+        loop {
+            // Only the waiters bit may change under us: we own the word.
+            match word.compare_exchange(c, dead_tid | (c & WAITERS), Release, Relaxed) {
+                Ok(_) => break,
+                Err(now) => c = now,
+            }
+        }
+        if c & WAITERS != 0 {
+            // Waiters check the owner again and find it dead.
+            futex::wake_all(word);
+        }
+        Ok(())
     }
 
     /// Prepares to sleep: sets the waiters bit, returns the value to sleep on, or `None` if the
@@ -326,8 +377,8 @@ impl Mutex {
     /// Waits to own the mutex. `None` waits forever. Windows: `WaitForSingleObject` on a mutex.
     /// Errors: [`ErrorKind::Timeout`] (`WAIT_TIMEOUT`).
     pub fn wait(&self, timeout: Option<Duration>) -> Result<WaitStatus> {
-        if let Some(s) = self.try_take(false)? {
-            return Ok(s);
+        if let Some(t) = self.try_take(false)? {
+            return Ok(t.status);
         }
         // A holder on another CPU usually lets go within a few hundred nanoseconds: spin a
         // little before sleeping (bounded, so a holder on this CPU costs little).
@@ -335,9 +386,9 @@ impl Mutex {
             for _ in 0..SPIN_BEFORE_SLEEP {
                 std::hint::spin_loop();
                 if self.lock_word().load(Relaxed) == 0
-                    && let Some(s) = self.try_take(false)?
+                    && let Some(t) = self.try_take(false)?
                 {
-                    return Ok(s);
+                    return Ok(t.status);
                 }
             }
         }
@@ -658,12 +709,35 @@ mod sealed {
     impl Sealed for super::Semaphore {}
 }
 
+/// What one attempt to take an object took.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Taken {
+    status: WaitStatus,
+    /// For a mutex taken from a dead owner: that owner's thread id and pid, so that giving it
+    /// back leaves it abandoned.
+    restore: Option<(u32, u32)>,
+}
+
+impl Taken {
+    const fn plain(status: WaitStatus) -> Taken {
+        Taken {
+            status,
+            restore: None,
+        }
+    }
+}
+
 /// An object a thread can wait for: [`Mutex`], [`Event`] or [`Semaphore`].
-/// Windows: a waitable handle.
-pub trait Waitable: sealed::Sealed + std::fmt::Debug {
+/// Windows: a waitable handle. Shareable between threads, so a list of `&dyn Waitable` can be
+/// handed to a waiting thread.
+pub trait Waitable: sealed::Sealed + std::fmt::Debug + Send + Sync {
     /// One attempt to take the object without sleeping.
     #[doc(hidden)]
-    fn try_take_for_wait(&self, check_owner: bool) -> Result<Option<WaitStatus>>;
+    fn try_take_for_wait(&self, check_owner: bool) -> Result<Option<Taken>>;
+    /// Whether an attempt would succeed now; takes nothing.
+    #[doc(hidden)]
+    fn available(&self, check_owner: bool) -> bool;
     /// Registers as a sleeper; returns the word and value to sleep on, or `None` if the
     /// object may be available now (then nothing is registered).
     #[doc(hidden)]
@@ -673,24 +747,33 @@ pub trait Waitable: sealed::Sealed + std::fmt::Debug {
     fn disarm(&self);
     /// Gives back what `try_take_for_wait` took (for `wait_all`'s all-or-nothing).
     #[doc(hidden)]
-    fn give_back(&self) -> Result<()>;
+    fn give_back(&self, taken: &Taken) -> Result<()>;
     /// Whether the object is a mutex (whose owner must be checked while waiting).
     #[doc(hidden)]
     fn is_mutex(&self) -> bool {
         false
     }
+    /// The object's identity, equal for every handle to it.
+    #[doc(hidden)]
+    fn identity(&self) -> (u64, u64);
 }
 
 impl Waitable for Mutex {
-    fn try_take_for_wait(&self, check_owner: bool) -> Result<Option<WaitStatus>> {
+    fn identity(&self) -> (u64, u64) {
+        self.shared.identity
+    }
+    fn try_take_for_wait(&self, check_owner: bool) -> Result<Option<Taken>> {
         self.try_take(check_owner)
+    }
+    fn available(&self, check_owner: bool) -> bool {
+        Mutex::available(self, check_owner)
     }
     fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
         self.arm().map(|v| (self.lock_word(), v))
     }
     fn disarm(&self) {}
-    fn give_back(&self) -> Result<()> {
-        self.release()
+    fn give_back(&self, taken: &Taken) -> Result<()> {
+        self.untake(taken)
     }
     fn is_mutex(&self) -> bool {
         true
@@ -708,8 +791,14 @@ fn arm_counter<'a>(word: &'a AtomicU32, waiters: &AtomicU32) -> Option<(&'a Atom
 }
 
 impl Waitable for Event {
-    fn try_take_for_wait(&self, _: bool) -> Result<Option<WaitStatus>> {
-        self.try_take()
+    fn identity(&self) -> (u64, u64) {
+        self.shared.identity
+    }
+    fn try_take_for_wait(&self, _: bool) -> Result<Option<Taken>> {
+        Ok(self.try_take()?.map(Taken::plain))
+    }
+    fn available(&self, _: bool) -> bool {
+        self.is_set()
     }
     fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
         arm_counter(self.state(), self.waiters())
@@ -717,14 +806,20 @@ impl Waitable for Event {
     fn disarm(&self) {
         self.waiters().fetch_sub(1, SeqCst);
     }
-    fn give_back(&self) -> Result<()> {
+    fn give_back(&self, _: &Taken) -> Result<()> {
         if self.manual { Ok(()) } else { self.set() }
     }
 }
 
 impl Waitable for Semaphore {
-    fn try_take_for_wait(&self, _: bool) -> Result<Option<WaitStatus>> {
-        self.try_take()
+    fn identity(&self) -> (u64, u64) {
+        self.shared.identity
+    }
+    fn try_take_for_wait(&self, _: bool) -> Result<Option<Taken>> {
+        Ok(self.try_take()?.map(Taken::plain))
+    }
+    fn available(&self, _: bool) -> bool {
+        self.count_now() > 0
     }
     fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
         arm_counter(self.count(), self.waiters())
@@ -732,8 +827,13 @@ impl Waitable for Semaphore {
     fn disarm(&self) {
         self.waiters().fetch_sub(1, SeqCst);
     }
-    fn give_back(&self) -> Result<()> {
-        self.release(1).map(|_| ())
+    fn give_back(&self, _: &Taken) -> Result<()> {
+        // The unit goes back even if a release filled the count meanwhile: never lose one.
+        self.count().fetch_add(1, SeqCst);
+        if self.waiters().load(SeqCst) != 0 {
+            futex::wake_all(self.count());
+        }
+        Ok(())
     }
 }
 
@@ -747,12 +847,40 @@ fn check_count(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Sleeps on the given objects' words until one changes, the deadline passes, or it is time to
-/// check mutex owners. Returns false when the deadline passed.
+/// When a waiter next looks whether the owners of the mutexes it waits for still live: after
+/// 1 ms, then at intervals doubling up to 100 ms.
+#[derive(Debug)]
+struct OwnerChecks {
+    interval: Duration,
+    next: Instant,
+}
+
+impl OwnerChecks {
+    fn new() -> OwnerChecks {
+        OwnerChecks {
+            interval: FIRST_OWNER_CHECK,
+            next: Instant::now() + FIRST_OWNER_CHECK,
+        }
+    }
+
+    /// Whether a check is due now; if so, schedules the next one.
+    fn due(&mut self) -> bool {
+        let now = Instant::now();
+        if now < self.next {
+            return false;
+        }
+        self.interval = (self.interval * 2).min(MAX_OWNER_CHECK);
+        self.next = now + self.interval;
+        true
+    }
+}
+
+/// Sleeps on the given objects' words until one changes, the deadline passes, or (when a mutex
+/// is among them) the next owner check is due. Spurious wake-ups are possible.
 fn sleep_on(
     objects: &[&dyn Waitable],
     deadline: Option<Instant>,
-    owner_check: &mut Duration,
+    checks: &OwnerChecks,
 ) -> Result<SleepEnd> {
     // Fixed arrays on the stack: waiting allocates nothing.
     static UNUSED: AtomicU32 = AtomicU32::new(0);
@@ -772,34 +900,32 @@ fn sleep_on(
         }
     }
     let end = if ready {
-        SleepEnd::Changed
+        Ok(SleepEnd::Woke)
     } else {
         let has_mutex = objects.iter().any(|o| o.is_mutex());
-        let check_at = has_mutex.then(|| Instant::now() + *owner_check);
-        let until = match (deadline, check_at) {
+        let until = match (deadline, has_mutex.then_some(checks.next)) {
             (Some(d), Some(c)) => Some(d.min(c)),
             (d, c) => d.or(c),
         };
-        match futex::wait_any(&words[..armed], until)? {
-            Wake::Changed => SleepEnd::Changed,
-            Wake::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => SleepEnd::Deadline,
-            Wake::TimedOut => {
-                *owner_check = (*owner_check * 2).min(MAX_OWNER_CHECK);
-                SleepEnd::CheckOwners
+        match futex::wait_any(&words[..armed], until) {
+            Ok(Wake::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                Ok(SleepEnd::Deadline)
             }
+            Ok(_) => Ok(SleepEnd::Woke),
+            Err(e) => Err(e),
         }
     };
     for o in &objects[..armed] {
         o.disarm();
     }
-    Ok(end)
+    end
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum SleepEnd {
-    Changed,
+    /// Something may have changed, or an owner check is due.
+    Woke,
     Deadline,
-    CheckOwners,
 }
 
 fn wait_any_inner(
@@ -807,19 +933,24 @@ fn wait_any_inner(
     deadline: Option<Instant>,
 ) -> Result<(usize, WaitStatus)> {
     check_count(objects.len())?;
-    let mut owner_check = FIRST_OWNER_CHECK;
+    let mut checks = OwnerChecks::new();
     let mut check_owner = false;
+    let mut last_try = false;
     loop {
         for (i, o) in objects.iter().enumerate() {
-            if let Some(s) = o.try_take_for_wait(check_owner)? {
-                return Ok((i, s));
+            if let Some(t) = o.try_take_for_wait(check_owner)? {
+                return Ok((i, t.status));
             }
         }
-        match sleep_on(objects, deadline, &mut owner_check)? {
-            SleepEnd::Deadline => return Err(timeout_error()),
-            SleepEnd::CheckOwners => check_owner = true,
-            SleepEnd::Changed => check_owner = false,
+        if last_try {
+            return Err(timeout_error());
         }
+        if sleep_on(objects, deadline, &checks)? == SleepEnd::Deadline {
+            last_try = true;
+            check_owner = true;
+            continue;
+        }
+        check_owner = checks.due();
     }
 }
 
@@ -837,15 +968,13 @@ pub fn wait_any(
 /// Waits until all of `objects` are signalled and takes them all at once (or none). Returns
 /// [`WaitStatus::Abandoned`] if any mutex among them was abandoned. Windows:
 /// `WaitForMultipleObjects(n, handles, TRUE, timeout)`; errors: [`ErrorKind::Timeout`].
-/// An object may appear only once.
+/// An object may appear only once, also through two handles ([`ErrorKind::InvalidParameter`]
+/// otherwise, as on Windows).
 pub fn wait_all(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<WaitStatus> {
     check_count(objects.len())?;
     for (i, a) in objects.iter().enumerate() {
-        let pa = *a as *const dyn Waitable as *const ();
-        if objects[..i]
-            .iter()
-            .any(|b| std::ptr::eq(*b as *const dyn Waitable as *const (), pa))
-        {
+        let id = a.identity();
+        if objects[..i].iter().any(|b| b.identity() == id) {
             return Err(Error::with_message(
                 ErrorKind::InvalidParameter,
                 "an object appears twice in wait_all",
@@ -853,46 +982,151 @@ pub fn wait_all(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<
         }
     }
     let deadline = deadline_of(timeout);
-    let mut owner_check = FIRST_OWNER_CHECK;
+    let mut checks = OwnerChecks::new();
     let mut check_owner = false;
+    let mut taken = [(0usize, Taken::plain(WaitStatus::Signaled)); MAXIMUM_WAIT_OBJECTS];
+    let mut last_try = false;
     loop {
-        let mut taken: Vec<(usize, WaitStatus)> = Vec::with_capacity(objects.len());
-        let mut missing = None;
-        for (i, o) in objects.iter().enumerate() {
-            match o.try_take_for_wait(check_owner) {
-                Ok(Some(s)) => taken.push((i, s)),
-                Ok(None) => {
-                    missing = Some(i);
-                    break;
-                }
-                Err(e) => {
-                    give_back(objects, &taken);
-                    return Err(e);
+        // Look first, taking nothing: an object that is not available is waited for alone.
+        let mut missing = objects.iter().position(|o| !o.available(check_owner));
+        if missing.is_none() {
+            // All are available: take them all, or give back what was taken if one was taken
+            // by someone else meanwhile.
+            let mut n = 0;
+            for (i, o) in objects.iter().enumerate() {
+                match o.try_take_for_wait(check_owner) {
+                    Ok(Some(t)) => {
+                        taken[n] = (i, t);
+                        n += 1;
+                    }
+                    Ok(None) => {
+                        missing = Some(i);
+                        break;
+                    }
+                    Err(e) => {
+                        give_back(objects, &taken[..n]);
+                        return Err(e);
+                    }
                 }
             }
+            if missing.is_none() {
+                let abandoned = taken[..n]
+                    .iter()
+                    .any(|(_, t)| t.status == WaitStatus::Abandoned);
+                return Ok(if abandoned {
+                    WaitStatus::Abandoned
+                } else {
+                    WaitStatus::Signaled
+                });
+            }
+            give_back(objects, &taken[..n]);
         }
-        let Some(missing) = missing else {
-            let abandoned = taken.iter().any(|(_, s)| *s == WaitStatus::Abandoned);
-            return Ok(if abandoned {
-                WaitStatus::Abandoned
-            } else {
-                WaitStatus::Signaled
-            });
-        };
-        give_back(objects, &taken);
-        // Sleep until the object we could not take changes.
-        match sleep_on(&objects[missing..=missing], deadline, &mut owner_check)? {
-            SleepEnd::Deadline => return Err(timeout_error()),
-            SleepEnd::CheckOwners => check_owner = true,
-            SleepEnd::Changed => check_owner = false,
+        if last_try {
+            return Err(timeout_error());
+        }
+        let i = missing.unwrap_or_default();
+        if sleep_on(&objects[i..=i], deadline, &checks)? == SleepEnd::Deadline {
+            last_try = true;
+            check_owner = true;
+            continue;
+        }
+        check_owner = checks.due();
+    }
+}
+
+fn give_back(objects: &[&dyn Waitable], taken: &[(usize, Taken)]) {
+    for (i, t) in taken.iter().rev() {
+        if let Err(e) = objects[*i].give_back(t) {
+            tracing::warn!("wait_all could not give back object {i}: {e}");
         }
     }
 }
 
-fn give_back(objects: &[&dyn Waitable], taken: &[(usize, WaitStatus)]) {
-    for &(i, _) in taken.iter().rev() {
-        if let Err(e) = objects[i].give_back() {
-            tracing::warn!("wait_all could not give back object {i}: {e}");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mutex whose owning thread has ended (abandoned), unnamed.
+    fn abandoned_mutex() -> Mutex {
+        let m = Mutex::create(&Options::unnamed(), false).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(m.wait(Some(Duration::ZERO)).unwrap(), WaitStatus::Signaled));
+        });
+        m
+    }
+
+    #[test]
+    fn giving_back_an_abandoned_mutex_leaves_it_abandoned() {
+        let m = abandoned_mutex();
+        let dead = m.lock_word().load(Relaxed) & TID_MASK;
+        let dead_pid = m.owner_pid();
+        // What wait_all does when another object was taken between its look and its take. (A
+        // joined thread may linger in the kernel for a moment: retry, within a bound.)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let taken = loop {
+            if let Some(t) = m.try_take(true).unwrap() {
+                break t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the dead owner is never seen dead"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(taken.status, WaitStatus::Abandoned);
+        assert_eq!(m.owner_pid(), Some(current_pid()));
+        Waitable::give_back(&m, &taken).unwrap();
+        assert_eq!(m.lock_word().load(Relaxed) & TID_MASK, dead);
+        assert_eq!(m.owner_pid(), dead_pid);
+        assert_kind(m.release(), ErrorKind::NotOwner);
+        // The next taker still learns of the abandonment.
+        assert_eq!(
+            m.wait(Some(Duration::from_secs(10))).unwrap(),
+            WaitStatus::Abandoned
+        );
+        m.release().unwrap();
+        assert_eq!(m.wait(Some(Duration::ZERO)).unwrap(), WaitStatus::Signaled);
+        m.release().unwrap();
+    }
+
+    #[test]
+    fn giving_back_an_ordinary_take_releases_one_level() {
+        let m = Mutex::create(&Options::unnamed(), true).unwrap();
+        let taken = m.try_take(false).unwrap().unwrap();
+        assert_eq!(m.recursion().load(Relaxed), 2);
+        Waitable::give_back(&m, &taken).unwrap();
+        assert_eq!(m.recursion().load(Relaxed), 1);
+        m.release().unwrap();
+        assert_eq!(m.owner_pid(), None);
+
+        let s = Semaphore::create(&Options::unnamed(), 1, 1).unwrap();
+        let taken = s.try_take_for_wait(false).unwrap().unwrap();
+        assert_eq!(s.count_now(), 0);
+        Waitable::give_back(&s, &taken).unwrap();
+        assert_eq!(s.count_now(), 1);
+
+        let e = Event::create(&Options::unnamed(), false, true).unwrap();
+        let taken = e.try_take_for_wait(false).unwrap().unwrap();
+        assert!(!e.is_set());
+        Waitable::give_back(&e, &taken).unwrap();
+        assert!(e.is_set());
+    }
+
+    #[test]
+    fn owner_checks_back_off() {
+        let mut c = OwnerChecks::new();
+        let mut last = c.interval;
+        for _ in 0..20 {
+            c.next = Instant::now();
+            assert!(c.due());
+            assert!(c.interval >= last && c.interval <= MAX_OWNER_CHECK);
+            last = c.interval;
         }
+        assert_eq!(c.interval, MAX_OWNER_CHECK);
+        assert!(!c.due(), "the next check is scheduled in the future");
+    }
+
+    fn assert_kind<T: std::fmt::Debug>(r: Result<T>, kind: ErrorKind) {
+        assert_eq!(r.unwrap_err().kind(), kind);
     }
 }

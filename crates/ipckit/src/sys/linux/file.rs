@@ -90,6 +90,18 @@ pub fn is_linked(fd: impl AsFd) -> Result<bool> {
     Ok(st.st_nlink > 0)
 }
 
+/// Whether the open file may be read and whether it may be written (its access mode,
+/// `fcntl(F_GETFL)`).
+pub fn access(fd: impl AsFd) -> Result<(bool, bool)> {
+    let flags = rustix::fs::fcntl_getfl(&fd)
+        .map_err(|e| Error::from_io("cannot query file access", e.into()))?;
+    Ok(match flags & OFlags::RWMODE {
+        m if m == OFlags::RDONLY => (true, false),
+        m if m == OFlags::WRONLY => (false, true),
+        _ => (true, true),
+    })
+}
+
 /// The file's size in bytes.
 pub fn size(fd: impl AsFd) -> Result<u64> {
     let st = rustix::fs::fstat(&fd).map_err(|e| Error::from_io("cannot stat file", e.into()))?;

@@ -53,9 +53,25 @@ mod tests {
         assert!(thread_alive(current_tid()));
         let t = std::thread::spawn(current_tid);
         let tid = t.join().unwrap();
-        // An exited thread is gone once joined.
-        assert!(!thread_alive(tid));
+        // An exited thread is gone once joined, though the kernel may still be finishing its
+        // exit for a moment after `pthread_join` returns (the join is signalled early in exit).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while thread_alive(tid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "thread {tid} never ends"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert!(!thread_alive(0));
+    }
+
+    #[test]
+    fn start_times() {
+        let me = start_time(current_pid()).unwrap();
+        assert_eq!(start_time(current_pid()), Some(me));
+        assert_eq!(start_time(0), None);
+        assert!(current_cpu() < 4096);
     }
 
     #[test]
@@ -108,6 +124,25 @@ pub fn current_tid() -> u32 {
         t.set(tid);
         tid
     })
+}
+
+/// The start time of a live process (clock ticks after boot, field 22 of `/proc/PID/stat`,
+/// see `proc(5)`): with the pid, it names one process even after the pid is reused. `None` when
+/// the process does not exist or is a zombie.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID ...": fields after the last ')' start with STATE (field 3).
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?;
+    if matches!(state, "Z" | "X" | "x") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// The CPU this thread runs on now (`sched_getcpu(3)`, through the vDSO: no system call).
+pub fn current_cpu() -> u32 {
+    rustix::thread::sched_getcpu() as u32
 }
 
 /// Whether the thread `tid` (of any process) is alive: `/proc/TID/stat` exists and its state is

@@ -37,6 +37,7 @@
 //! | names, namespace folders, errors, OS layer | implemented |
 //! | File Mapping and sync objects, Pipes, Mailslots, Sockets, RPC, COM, DDE, Copy Data, Clipboard | not yet |
 
+pub mod channel;
 pub mod error;
 pub mod mapping;
 pub mod name;

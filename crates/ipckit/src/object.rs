@@ -54,6 +54,8 @@ pub enum ObjectKind {
     Event,
     /// A semaphore (`CreateSemaphore`).
     Semaphore,
+    /// A shared-memory message channel (ipckit's own; no Windows counterpart).
+    Channel,
 }
 
 impl ObjectKind {
@@ -63,6 +65,7 @@ impl ObjectKind {
             ObjectKind::Mutex => 2,
             ObjectKind::Event => 3,
             ObjectKind::Semaphore => 4,
+            ObjectKind::Channel => 5,
         }
     }
 
@@ -72,8 +75,14 @@ impl ObjectKind {
             2 => Some(ObjectKind::Mutex),
             3 => Some(ObjectKind::Event),
             4 => Some(ObjectKind::Semaphore),
+            5 => Some(ObjectKind::Channel),
             _ => None,
         }
+    }
+
+    /// Whether the object keeps its data in a POSIX shared-memory object.
+    pub const fn has_shared_memory(self) -> bool {
+        matches!(self, ObjectKind::FileMapping | ObjectKind::Channel)
     }
 
     /// The kind's name as `ipckit ls` shows it.
@@ -83,6 +92,7 @@ impl ObjectKind {
             ObjectKind::Mutex => "mutex",
             ObjectKind::Event => "event",
             ObjectKind::Semaphore => "semaphore",
+            ObjectKind::Channel => "channel",
         }
     }
 }
@@ -117,6 +127,9 @@ pub struct Header {
 pub(crate) const FLAG_MANUAL_RESET: u32 = 1;
 /// `Header::flags` bit: the mapping is backed by a file the user named, not shared memory.
 pub(crate) const FLAG_FILE_BACKED: u32 = 2;
+/// `Header::flags` bit: the mapping was created read-only (`PAGE_READONLY`): no process may
+/// map a writable shared view of it.
+pub(crate) const FLAG_READ_ONLY: u32 = 4;
 
 impl Header {
     /// Encoded length.
@@ -218,7 +231,21 @@ struct Named {
     shm_name: String,
 }
 
-fn folder_lock(folder: &SecureDir, scope: Scope) -> Result<OwnedFd> {
+/// The folder's `.lock`, held exclusively while an object of the folder is created, opened or
+/// closed.
+#[derive(Debug)]
+struct FolderLock(OwnedFd);
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        // Unlock explicitly rather than by closing: a child that another thread forks meanwhile
+        // has a copy of the descriptor until it executes its program, and would otherwise keep
+        // the folder locked until then.
+        let _ = file::unlock(&self.0);
+    }
+}
+
+fn folder_lock(folder: &SecureDir, scope: Scope) -> Result<FolderLock> {
     let fd = match file::open_existing(folder, FOLDER_LOCK) {
         Ok(fd) => fd,
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -240,7 +267,7 @@ fn folder_lock(folder: &SecureDir, scope: Scope) -> Result<OwnedFd> {
         Err(e) => return Err(e),
     };
     file::lock_exclusive(&fd)?;
-    Ok(fd)
+    Ok(FolderLock(fd))
 }
 
 /// Removes a dead object's side file and shared memory. Caller holds the folder lock and an
@@ -330,7 +357,7 @@ impl ObjectHandle {
                             ),
                         ));
                     }
-                    let shm = if header.kind == ObjectKind::FileMapping
+                    let shm = if header.kind.has_shared_memory()
                         && header.flags & FLAG_FILE_BACKED == 0
                     {
                         Some(shm::open_existing(&shm_name, true).or_else(|e| {
@@ -444,6 +471,12 @@ impl ObjectHandle {
         self.shm.as_ref()
     }
 
+    /// The identity of the object itself (device and inode of its side file or anonymous
+    /// memory file): equal for every handle to one object, in every process.
+    pub(crate) fn identity(&self) -> Result<(u64, u64)> {
+        file::identity(&self.side)
+    }
+
     /// Maps the side file's page, where a synchronisation object keeps its state at
     /// [`STATE_OFFSET`].
     pub(crate) fn map_state(&self) -> Result<mmap::MappedRegion> {
@@ -499,7 +532,7 @@ pub fn describe(ns: &Namespace, scope: Scope, component: &str) -> Result<Option<
     if holders.is_empty() {
         return Ok(None);
     }
-    let shm_name = (header.kind == ObjectKind::FileMapping && header.flags & FLAG_FILE_BACKED == 0)
+    let shm_name = (header.kind.has_shared_memory() && header.flags & FLAG_FILE_BACKED == 0)
         .then(|| crate::name::decode_component(component).map(|n| ns.shm_name_for(scope, &n)))
         .flatten();
     Ok(Some(ObjectInfo {

@@ -1,0 +1,285 @@
+//! The lane protocol: one producer, one consumer, a ring of fixed-size slots.
+//!
+//! This is the synchronisation core of the channel, written once and used both by the real
+//! channel (atomics in shared memory) and by the loom model (`--cfg loom`), which checks it
+//! exhaustively. It does no I/O and never sleeps: the caller decides how to wait.
+//!
+//! Protocol (Lamport's ring with a sleep handshake):
+//! - The producer writes slot `tail % cap`, stores its length, then publishes with a Release
+//!   store of `tail + 1`; if the consumer announced sleep, it rings the doorbell.
+//! - The consumer reads slot `head % cap` while `head < tail` (Acquire), and frees it with a
+//!   Release store of `head + 1`; if the producer announced it waits for space, it rings the
+//!   producer's bell.
+//! - A side that wants to sleep stores its announcement, re-checks the index, and only then
+//!   sleeps; the other side stores its index and then reads the announcement. A sequentially
+//!   consistent fence between the store and the load on both sides guarantees that at least one
+//!   of them sees the other's store, so no wake-up is lost.
+//! - A producer killed before publishing leaves nothing visible; one killed after publishing
+//!   left a complete message. Indexes only grow, so nothing is read twice.
+
+use std::sync::atomic::Ordering;
+
+#[cfg(loom)]
+use loom::sync::atomic::fence;
+#[cfg(not(loom))]
+use std::sync::atomic::fence;
+
+/// The atomic operations the protocol uses on a word, so that the same code runs on the
+/// standard atomics (in shared memory) and on loom's (in the model).
+pub(crate) trait Word<T> {
+    fn load(&self, order: Ordering) -> T;
+    fn store(&self, value: T, order: Ordering);
+}
+
+macro_rules! word {
+    ($atomic:ty, $t:ty) => {
+        impl Word<$t> for $atomic {
+            fn load(&self, order: Ordering) -> $t {
+                <$atomic>::load(self, order)
+            }
+            fn store(&self, value: $t, order: Ordering) {
+                <$atomic>::store(self, value, order)
+            }
+        }
+    };
+}
+word!(std::sync::atomic::AtomicU64, u64);
+word!(std::sync::atomic::AtomicU32, u32);
+#[cfg(loom)]
+word!(loom::sync::atomic::AtomicU64, u64);
+#[cfg(loom)]
+word!(loom::sync::atomic::AtomicU32, u32);
+
+/// The shared control words of one lane.
+#[derive(Debug)]
+pub(crate) struct LaneWords<
+    'a,
+    W64: Word<u64> = std::sync::atomic::AtomicU64,
+    W32: Word<u32> = std::sync::atomic::AtomicU32,
+> {
+    /// Next position the producer publishes (written by the producer only).
+    pub tail: &'a W64,
+    /// Next position the consumer reads (written by the consumer only).
+    pub head: &'a W64,
+    /// Non-zero while the producer sleeps waiting for space.
+    pub producer_sleeping: &'a W32,
+    /// Non-zero while the consumer sleeps waiting for messages (shared by all lanes).
+    pub consumer_sleeping: &'a W32,
+}
+
+/// Why an index read from shared memory cannot be right: a peer broke the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Corrupt;
+
+/// What publishing or freeing asks the caller to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) enum Ring {
+    /// Nobody sleeps: nothing to do.
+    Quiet,
+    /// The other side sleeps: wake it.
+    Wake,
+}
+
+impl<W64: Word<u64>, W32: Word<u32>> LaneWords<'_, W64, W32> {
+    /// Producer: how many slots are free, given the producer's `tail` (its own copy) and the
+    /// lane capacity. Reads `head` with Acquire so the consumer's reads of freed slots happen
+    /// before our rewrite.
+    pub fn free_slots(&self, tail: u64, cap: u64) -> Result<u64, Corrupt> {
+        let head = self.head.load(Ordering::Acquire);
+        let used = tail.checked_sub(head).ok_or(Corrupt)?;
+        cap.checked_sub(used).ok_or(Corrupt)
+    }
+
+    /// Producer: publishes the message in slot `tail % cap`.
+    pub fn publish(&self, tail: u64) -> Ring {
+        self.tail.store(tail + 1, Ordering::Release);
+        // Store, full fence, load (both sides): the sleep handshake of the module docs.
+        fence(Ordering::SeqCst);
+        if self.consumer_sleeping.load(Ordering::Relaxed) != 0 {
+            Ring::Wake
+        } else {
+            Ring::Quiet
+        }
+    }
+
+    /// Consumer: how many messages are ready, given the consumer's `head` (its own copy).
+    pub fn ready(&self, head: u64, cap: u64) -> Result<u64, Corrupt> {
+        let tail = self.tail.load(Ordering::Acquire);
+        let n = tail.checked_sub(head).ok_or(Corrupt)?;
+        if n > cap { Err(Corrupt) } else { Ok(n) }
+    }
+
+    /// Consumer: frees slot `head % cap`.
+    pub fn free(&self, head: u64) -> Ring {
+        self.head.store(head + 1, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.producer_sleeping.load(Ordering::Relaxed) != 0 {
+            Ring::Wake
+        } else {
+            Ring::Quiet
+        }
+    }
+
+    /// Consumer: announces it is about to sleep; returns whether a message arrived meanwhile
+    /// (then it must not sleep). Either way it must call [`consumer_awake`](Self::consumer_awake)
+    /// once it no longer sleeps.
+    pub fn consumer_will_sleep(&self, head: u64) -> bool {
+        self.consumer_sleeping.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.tail.load(Ordering::Relaxed) != head
+    }
+
+    /// Consumer: no longer sleeping.
+    pub fn consumer_awake(&self) {
+        self.consumer_sleeping.store(0, Ordering::Relaxed);
+    }
+
+    /// Producer: announces it is about to sleep for space; returns whether space appeared.
+    pub fn producer_will_sleep(&self, tail: u64, cap: u64) -> bool {
+        self.producer_sleeping.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        self.head.load(Ordering::Relaxed).wrapping_add(cap) != tail
+    }
+
+    /// Producer: no longer sleeping.
+    pub fn producer_awake(&self) {
+        self.producer_sleeping.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod model {
+    //! `RUSTFLAGS="--cfg loom" cargo test -p ipckit --release --lib channel::lane::model`
+    use super::*;
+    use loom::sync::atomic::{AtomicU32, AtomicU64};
+    use loom::sync::{Arc, Condvar, Mutex};
+    use loom::thread;
+
+    /// Heap stand-in for the shared memory of one lane with `CAP` slots, whose payload is
+    /// written and read with relaxed atomics: a missing happens-before edge shows up as a stale
+    /// payload, which the consumer's checks catch.
+    struct Lane<const CAP: usize> {
+        tail: AtomicU64,
+        head: AtomicU64,
+        psleep: AtomicU32,
+        csleep: AtomicU32,
+        pbell: Bell,
+        cbell: Bell,
+        slots: [AtomicU64; CAP],
+    }
+
+    /// A futex stand-in: a word, and a condition variable for sleepers. `wait(seen)` returns at
+    /// once when the word differs from `seen`, like FUTEX_WAIT; a lost wake-up leaves a sleeper
+    /// blocked forever, which loom reports as a deadlock.
+    struct Bell {
+        word: AtomicU32,
+        lock: Mutex<()>,
+        cv: Condvar,
+    }
+
+    impl Bell {
+        fn new() -> Self {
+            Bell {
+                word: AtomicU32::new(0),
+                lock: Mutex::new(()),
+                cv: Condvar::new(),
+            }
+        }
+        fn seen(&self) -> u32 {
+            self.word.load(Ordering::SeqCst)
+        }
+        fn wait(&self, seen: u32) {
+            let mut g = self.lock.lock().unwrap();
+            while self.word.load(Ordering::SeqCst) == seen {
+                g = self.cv.wait(g).unwrap();
+            }
+        }
+        fn ring(&self) {
+            self.word.fetch_add(1, Ordering::SeqCst);
+            let _g = self.lock.lock().unwrap();
+            self.cv.notify_all();
+        }
+    }
+
+    impl<const CAP: usize> Lane<CAP> {
+        fn new() -> Self {
+            Lane {
+                tail: AtomicU64::new(0),
+                head: AtomicU64::new(0),
+                psleep: AtomicU32::new(0),
+                csleep: AtomicU32::new(0),
+                pbell: Bell::new(),
+                cbell: Bell::new(),
+                slots: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+            }
+        }
+        fn words(&self) -> LaneWords<'_, AtomicU64, AtomicU32> {
+            LaneWords {
+                tail: &self.tail,
+                head: &self.head,
+                producer_sleeping: &self.psleep,
+                consumer_sleeping: &self.csleep,
+            }
+        }
+    }
+
+    fn run<const CAP: usize>(messages: u64) {
+        loom::model(move || {
+            let lane = Arc::new(Lane::<CAP>::new());
+            let p = lane.clone();
+            let producer = thread::spawn(move || {
+                let w = p.words();
+                let mut tail = 0;
+                for m in 0..messages {
+                    loop {
+                        if w.free_slots(tail, CAP as u64).unwrap() > 0 {
+                            break;
+                        }
+                        let seen = p.pbell.seen();
+                        if !w.producer_will_sleep(tail, CAP as u64) {
+                            p.pbell.wait(seen);
+                        }
+                        w.producer_awake();
+                    }
+                    p.slots[(tail % CAP as u64) as usize].store(m * 7 + 1, Ordering::Relaxed);
+                    if w.publish(tail) == Ring::Wake {
+                        p.cbell.ring();
+                    }
+                    tail += 1;
+                }
+            });
+            let w = lane.words();
+            let mut head = 0;
+            for m in 0..messages {
+                loop {
+                    if w.ready(head, CAP as u64).unwrap() > 0 {
+                        break;
+                    }
+                    let seen = lane.cbell.seen();
+                    if !w.consumer_will_sleep(head) {
+                        lane.cbell.wait(seen);
+                    }
+                    w.consumer_awake();
+                }
+                let v = lane.slots[(head % CAP as u64) as usize].load(Ordering::Relaxed);
+                assert_eq!(v, m * 7 + 1, "torn, stale or duplicate message");
+                if w.free(head) == Ring::Wake {
+                    lane.pbell.ring();
+                }
+                head += 1;
+            }
+            producer.join().unwrap();
+        });
+    }
+
+    #[test]
+    fn one_slot_three_messages() {
+        run::<1>(3);
+    }
+
+    #[test]
+    fn two_slots_three_messages() {
+        run::<2>(3);
+    }
+}

@@ -57,6 +57,9 @@
 //! - The owner of a mutex is identified by thread id; if the owner dies and its id is reused by
 //!   a new thread before a waiter checks, the abandonment is seen only when that thread ends.
 //! - At most 64 objects per wait, as `MAXIMUM_WAIT_OBJECTS`.
+//! - `set` immediately followed by `reset` (the `PulseEvent` pattern, which Windows itself
+//!   discourages) may release no waiter: on Windows the set satisfies the waits already pending;
+//!   here a waiter that wakes after the reset finds the event unsignalled and sleeps again.
 
 use std::sync::atomic::{AtomicU32, Ordering::*};
 use std::time::{Duration, Instant};

@@ -38,6 +38,9 @@ enum Command {
     /// Named semaphores (CreateSemaphore / ReleaseSemaphore / WaitForSingleObject).
     #[command(subcommand)]
     Sem(cmd::sync::SemCmd),
+    /// Shared-memory message channels (ipckit's fastest local path).
+    #[command(subcommand)]
+    Chan(cmd::chan::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Event(c) => cmd::sync::event(c),
         Command::Mutex(c) => cmd::sync::mutex(c),
         Command::Sem(c) => cmd::sync::sem(c),
+        Command::Chan(c) => cmd::chan::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

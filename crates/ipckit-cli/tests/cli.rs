@@ -304,3 +304,23 @@ fn event_and_semaphore_from_the_shell() {
     let o = run(&t, &["event", "set", "cli-sem"]);
     assert!(stderr(&o).contains("win32 6"), "{}", stderr(&o));
 }
+
+#[test]
+fn chan_send_and_follow() {
+    let t = test_case!();
+    // A sender needs the receiver's channel.
+    let o = run(&t, &["chan", "send", "cli-chan", "early"]);
+    assert!(stderr(&o).contains("win32 2"), "{}", stderr(&o));
+    let mut rx = t.command(ipckit(&["chan", "recv", "cli-chan", "--follow"])).start();
+    assert!(wait_for(T, || rx.stderr().contains("receiving on cli-chan")), "{}", rx.report());
+    ok(&t, &["chan", "send", "cli-chan", "first"]);
+    ok(&t, &["chan", "send", "cli-chan", "second"]);
+    assert!(wait_for(T, || rx.stdout() == "first\nsecond\n"), "{}", rx.report());
+    let ls: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
+    assert_eq!(ls[0]["kind"], "channel");
+    assert_eq!(ls[0]["details"]["receiver"], rx.pid());
+    assert_eq!(ls[0]["details"]["depth"], 0);
+    rx.kill().unwrap();
+    let ls: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
+    assert_eq!(ls, serde_json::json!([]));
+}

@@ -2,7 +2,7 @@
 
 use ipckit::name::{ObjectName, Scope};
 use ipckit::namespace::{Entry, Folder, Namespace};
-use ipckit::object::{ObjectInfo, describe, sweep};
+use ipckit::object::{ObjectInfo, ObjectKind, describe, sweep};
 
 use super::CmdResult;
 
@@ -28,6 +28,8 @@ struct Row {
     os_name: String,
     size: Option<u64>,
     holders: Vec<u32>,
+    /// Kind-specific details (a channel's depth and ends).
+    details: serde_json::Value,
 }
 
 /// Details of the kernel object `name` (`Local\x` or `Global\x`), if it is alive.
@@ -53,6 +55,7 @@ fn row(ns: &Namespace, e: &Entry) -> ipckit::Result<Option<Row>> {
             os_name: e.path.display().to_string(),
             size: None,
             holders: Vec::new(),
+            details: serde_json::Value::Null,
         }));
     }
     let component = e
@@ -69,7 +72,22 @@ fn row(ns: &Namespace, e: &Entry) -> ipckit::Result<Option<Row>> {
     } else {
         r"Local\"
     };
+    let details = match info.kind {
+        ObjectKind::Channel => match ipckit::channel::describe(ns, &format!("{prefix}{name}")) {
+            Ok(c) => serde_json::json!({
+                "depth": c.depth,
+                "receiver": c.receiver,
+                "senders": c.senders,
+                "capacity": c.geometry.capacity,
+                "lanes": c.geometry.lanes,
+                "max_message": c.geometry.max_message,
+            }),
+            Err(_) => serde_json::Value::Null,
+        },
+        _ => serde_json::Value::Null,
+    };
     Ok(Some(Row {
+        details,
         kind: info.kind.as_str().into(),
         scope: e.scope,
         name: format!("{prefix}{name}"),
@@ -103,6 +121,7 @@ pub fn run(args: Args) -> CmdResult {
                     "os_name": r.os_name,
                     "size": r.size,
                     "holders": r.holders,
+                    "details": r.details,
                 })
             })
             .collect();
@@ -114,8 +133,8 @@ pub fn run(args: Args) -> CmdResult {
         return Ok(());
     }
     println!(
-        "{:<10} {:<7} {:<28} {:>10}  {:<16} OS NAME",
-        "KIND", "SCOPE", "NAME", "SIZE", "HOLDERS"
+        "{:<10} {:<7} {:<28} {:>10}  {:<16} {:<44} OS NAME",
+        "KIND", "SCOPE", "NAME", "SIZE", "HOLDERS", "DETAILS"
     );
     for r in &rows {
         let size = r.size.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
@@ -125,13 +144,21 @@ pub fn run(args: Args) -> CmdResult {
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join(",");
+        let details = match &r.details {
+            serde_json::Value::Null => "-".to_owned(),
+            d => format!(
+                "depth {}, receiver {}, senders {}",
+                d["depth"], d["receiver"], d["senders"]
+            ),
+        };
         println!(
-            "{:<10} {:<7} {:<28} {:>10}  {:<16} {}",
+            "{:<10} {:<7} {:<28} {:>10}  {:<16} {:<44} {}",
             r.kind,
             scope_str(r.scope),
             r.name,
             size,
             holders,
+            details,
             r.os_name
         );
     }

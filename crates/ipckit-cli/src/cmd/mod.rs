@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod chan;
 pub mod ls;
 pub mod shm;
 pub mod sync;

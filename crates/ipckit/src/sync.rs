@@ -57,9 +57,9 @@
 //! - The owner of a mutex is identified by thread id; if the owner dies and its id is reused by
 //!   a new thread before a waiter checks, the abandonment is seen only when that thread ends.
 //! - At most 64 objects per wait, as `MAXIMUM_WAIT_OBJECTS`.
-//! - `set` immediately followed by `reset` (the `PulseEvent` pattern, which Windows itself
-//!   discourages) may release no waiter: on Windows the set satisfies the waits already pending;
-//!   here a waiter that wakes after the reset finds the event unsignalled and sleeps again.
+//! - `set` immediately followed by `reset` releases the waiters of a manual-reset event that
+//!   were waiting, as on Windows; for an auto-reset event, a waiter that wakes only after the
+//!   reset finds it unsignalled and sleeps again (Windows would have released one).
 
 use std::sync::atomic::{AtomicU32, Ordering::*};
 use std::time::{Duration, Instant};
@@ -528,7 +528,11 @@ impl Event {
 
     /// Signals the event. Windows: `SetEvent`.
     pub fn set(&self) -> Result<()> {
-        self.state().store(1, SeqCst);
+        // Signalled, and one more set in the generation bits: a waiter of a manual-reset event
+        // that sees the generation move was released by this set, even if a reset follows.
+        let _ = self.state().fetch_update(SeqCst, SeqCst, |s| {
+            Some((((s >> 1).wrapping_add(1)) << 1) | 1)
+        });
         if self.waiters().load(SeqCst) != 0 {
             futex::wake_all(self.state());
         }
@@ -537,13 +541,13 @@ impl Event {
 
     /// Makes the event non-signalled. Windows: `ResetEvent`.
     pub fn reset(&self) -> Result<()> {
-        self.state().store(0, SeqCst);
+        self.state().fetch_and(!1, SeqCst);
         Ok(())
     }
 
     /// Whether the event is signalled now (does not consume an auto-reset event).
     pub fn is_set(&self) -> bool {
-        self.state().load(SeqCst) != 0
+        self.state().load(SeqCst) & 1 != 0
     }
 
     /// Waits for the event (an auto-reset event is reset by a successful wait).
@@ -558,11 +562,19 @@ impl Event {
     fn try_take(&self) -> Result<Option<WaitStatus>> {
         let s = self.state();
         let got = if self.manual {
-            s.load(SeqCst) != 0
+            s.load(SeqCst) & 1 != 0
         } else {
-            s.compare_exchange(1, 0, SeqCst, SeqCst).is_ok()
+            // Clear the signalled bit, keeping the generation.
+            s.fetch_update(SeqCst, SeqCst, |v| (v & 1 != 0).then_some(v & !1))
+                .is_ok()
         };
         Ok(got.then_some(WaitStatus::Signaled))
+    }
+
+    /// The generation of a manual-reset event (how many sets it has seen), for waiters that
+    /// must not miss a set followed at once by a reset.
+    fn generation(&self) -> u32 {
+        self.state().load(SeqCst) >> 1
     }
 }
 
@@ -756,6 +768,17 @@ pub trait Waitable: sealed::Sealed + std::fmt::Debug + Send + Sync {
     fn is_mutex(&self) -> bool {
         false
     }
+    /// A manual-reset event's generation when a wait starts.
+    #[doc(hidden)]
+    fn epoch(&self) -> u32 {
+        0
+    }
+    /// Whether a manual-reset event was set since `epoch` (though maybe reset since): that set
+    /// released this waiter, as on Windows.
+    #[doc(hidden)]
+    fn set_since(&self, _epoch: u32) -> bool {
+        false
+    }
     /// The object's identity, equal for every handle to it.
     #[doc(hidden)]
     fn identity(&self) -> (u64, u64);
@@ -784,13 +807,19 @@ impl Waitable for Mutex {
 }
 
 /// Shared arm/disarm for events and semaphores: count ourselves as a waiter, then re-check.
-fn arm_counter<'a>(word: &'a AtomicU32, waiters: &AtomicU32) -> Option<(&'a AtomicU32, u32)> {
+/// `ready` says whether the word's value means "available"; otherwise sleep on that value.
+fn arm_counter<'a>(
+    word: &'a AtomicU32,
+    waiters: &AtomicU32,
+    ready: impl Fn(u32) -> bool,
+) -> Option<(&'a AtomicU32, u32)> {
     waiters.fetch_add(1, SeqCst);
-    if word.load(SeqCst) != 0 {
+    let v = word.load(SeqCst);
+    if ready(v) {
         waiters.fetch_sub(1, SeqCst);
         return None;
     }
-    Some((word, 0))
+    Some((word, v))
 }
 
 impl Waitable for Event {
@@ -804,7 +833,13 @@ impl Waitable for Event {
         self.is_set()
     }
     fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
-        arm_counter(self.state(), self.waiters())
+        arm_counter(self.state(), self.waiters(), |v| v & 1 != 0)
+    }
+    fn epoch(&self) -> u32 {
+        if self.manual { self.generation() } else { 0 }
+    }
+    fn set_since(&self, epoch: u32) -> bool {
+        self.manual && self.generation() != epoch
     }
     fn disarm(&self) {
         self.waiters().fetch_sub(1, SeqCst);
@@ -825,7 +860,7 @@ impl Waitable for Semaphore {
         self.count_now() > 0
     }
     fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
-        arm_counter(self.count(), self.waiters())
+        arm_counter(self.count(), self.waiters(), |v| v != 0)
     }
     fn disarm(&self) {
         self.waiters().fetch_sub(1, SeqCst);
@@ -936,6 +971,10 @@ fn wait_any_inner(
     deadline: Option<Instant>,
 ) -> Result<(usize, WaitStatus)> {
     check_count(objects.len())?;
+    let mut epochs = [0u32; MAXIMUM_WAIT_OBJECTS];
+    for (e, o) in epochs.iter_mut().zip(objects) {
+        *e = o.epoch();
+    }
     let mut checks = OwnerChecks::new();
     let mut check_owner = false;
     let mut last_try = false;
@@ -943,6 +982,9 @@ fn wait_any_inner(
         for (i, o) in objects.iter().enumerate() {
             if let Some(t) = o.try_take_for_wait(check_owner)? {
                 return Ok((i, t.status));
+            }
+            if o.set_since(epochs[i]) {
+                return Ok((i, WaitStatus::Signaled));
             }
         }
         if last_try {
@@ -1048,6 +1090,35 @@ fn give_back(objects: &[&dyn Waitable], taken: &[(usize, Taken)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_then_reset_releases_the_waiters_of_a_manual_event() {
+        let dir = std::env::temp_dir().join(format!("ipckit-pulse-{}", std::process::id()));
+        let ns = Namespace::at(&dir);
+        let e = Event::create(
+            &Options::named("pulse").unwrap().namespace(ns.clone()),
+            true,
+            false,
+        )
+        .unwrap();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let e =
+                    Event::open(&Options::named("pulse").unwrap().namespace(ns.clone())).unwrap();
+                e.wait(Some(Duration::from_secs(20)))
+            });
+            // Set and reset only once the waiter sleeps.
+            while e.waiters().load(SeqCst) == 0 {
+                std::thread::yield_now();
+            }
+            e.set().unwrap();
+            e.reset().unwrap();
+            waiter.join().unwrap().expect("the set released the waiter");
+        });
+        assert!(!e.is_set());
+        drop(e);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A mutex whose owning thread has ended (abandoned), unnamed.
     fn abandoned_mutex() -> Mutex {

@@ -324,3 +324,25 @@ fn chan_send_and_follow() {
     let ls: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
     assert_eq!(ls, serde_json::json!([]));
 }
+
+#[test]
+fn bench_prints_json_lines() {
+    let t = test_case!();
+    let mut c = ipckit(&["bench", "--quick", "--json", "unix-stream", "memcpy"]);
+    // A handful of iterations: this checks the output, not the numbers.
+    c.env("IPCKIT_BENCH_TINY", "1");
+    let o = t.command(c).start().wait_output_timeout(Duration::from_secs(60)).unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<_> = stdout(&o).lines().map(str::to_owned).collect();
+    assert!(lines.len() >= 4, "{lines:?}");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
+        for k in ["mechanism", "case", "metric", "value", "unit", "baseline", "ratio"] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing in {line}");
+        }
+        assert_eq!(keys.len(), 7, "{line}");
+        assert!(v["value"].as_f64().unwrap() > 0.0, "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("\"unix-stream\"")));
+}

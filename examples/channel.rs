@@ -16,7 +16,12 @@ const SIZE: usize = 256;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let name = format!(r"Local\example-channel-{}", args.get(2).cloned().unwrap_or_else(|| std::process::id().to_string()));
+    let name = format!(
+        r"Local\example-channel-{}",
+        args.get(2)
+            .cloned()
+            .unwrap_or_else(|| std::process::id().to_string())
+    );
     if args.get(1).map(String::as_str) == Some("sender") {
         let mut tx = Channel::builder().name(&name)?.sender()?;
         for seq in 0..MESSAGES {
@@ -27,8 +32,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    let mut rx = Channel::builder().name(&name)?.capacity(256).max_message(SIZE as u32).receiver()?;
-    let mut child = Command::new(std::env::current_exe()?).args(["sender", &std::process::id().to_string()]).spawn()?;
+    let mut rx = Channel::builder()
+        .name(&name)?
+        .capacity(256)
+        .max_message(SIZE as u32)
+        .receiver()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["sender", &std::process::id().to_string()])
+        .spawn()?;
     let mut start = Instant::now();
     for expected in 0..MESSAGES {
         let msg = rx.recv_borrow()?;
@@ -38,7 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let mut seq = [0u8; 8];
         msg.read(0, &mut seq)?;
-        assert_eq!(u64::from_le_bytes(seq), expected, "messages arrive once, in order");
+        assert_eq!(
+            u64::from_le_bytes(seq),
+            expected,
+            "messages arrive once, in order"
+        );
     }
     let secs = start.elapsed().as_secs_f64();
     child.wait()?;

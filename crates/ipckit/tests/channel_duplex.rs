@@ -13,7 +13,12 @@ fn pipelined_requests_get_their_own_responses() {
     let t = test_case!();
     t.role("server", |ctx| {
         let ns = Namespace::at(ctx.namespace());
-        let mut server = Responder::create(Channel::builder().name(r"Local\svc")?.max_message(1024).namespace(ns))?;
+        let mut server = Responder::create(
+            Channel::builder()
+                .name(r"Local\svc")?
+                .max_message(1024)
+                .namespace(ns),
+        )?;
         ctx.send_str("ready")?;
         // Answer in reverse order of arrival within each batch of 8, to exercise correlation.
         loop {
@@ -35,7 +40,14 @@ fn pipelined_requests_get_their_own_responses() {
     let ns = Namespace::at(t.namespace());
     let mut server = t.spawn("server").start();
     server.expect("ready", T).unwrap();
-    let mut client = Requester::connect(Channel::builder().name(r"Local\svc").unwrap().max_message(1024).namespace(ns)).unwrap();
+    let mut client = Requester::connect(
+        Channel::builder()
+            .name(r"Local\svc")
+            .unwrap()
+            .max_message(1024)
+            .namespace(ns),
+    )
+    .unwrap();
     let mut pending = Vec::new();
     for i in 0..63u32 {
         let payload = format!("request {i}").into_bytes();

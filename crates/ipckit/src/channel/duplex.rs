@@ -33,10 +33,12 @@ use crate::name::ObjectName;
 const ID_LEN: usize = 8;
 
 fn pair_names(builder: &ChannelBuilder) -> Result<(String, String)> {
-    let name: &ObjectName = builder
-        .name
-        .as_ref()
-        .ok_or_else(|| Error::with_message(ErrorKind::InvalidName, "a request/response pair needs a name"))?;
+    let name: &ObjectName = builder.name.as_ref().ok_or_else(|| {
+        Error::with_message(
+            ErrorKind::InvalidName,
+            "a request/response pair needs a name",
+        )
+    })?;
     Ok((format!("{name}.req"), format!("{name}.rsp")))
 }
 
@@ -47,7 +49,10 @@ fn with_room(builder: ChannelBuilder) -> ChannelBuilder {
 
 fn split(msg: &[u8]) -> Result<(u64, &[u8])> {
     if msg.len() < ID_LEN {
-        return Err(Error::with_message(ErrorKind::Protocol, "message shorter than its correlation id"));
+        return Err(Error::with_message(
+            ErrorKind::Protocol,
+            "message shorter than its correlation id",
+        ));
     }
     let (id, payload) = msg.split_at(ID_LEN);
     Ok((u64::from_le_bytes(id.try_into().expect("8 bytes")), payload))
@@ -87,7 +92,12 @@ impl Requester {
         let builder = with_room(builder);
         let tx = builder.clone().name(&req)?.sender()?;
         let rx = builder.name(&rsp)?.receiver()?;
-        Ok(Requester { tx, rx, next_id: 1, early: HashMap::new() })
+        Ok(Requester {
+            tx,
+            rx,
+            next_id: 1,
+            early: HashMap::new(),
+        })
     }
 
     /// Sends a request and returns its correlation id.
@@ -108,7 +118,10 @@ impl Requester {
             let msg = self.rx.recv_borrow()?;
             let mut head = [0u8; ID_LEN];
             if msg.len() < ID_LEN {
-                return Err(Error::with_message(ErrorKind::Protocol, "response shorter than its correlation id"));
+                return Err(Error::with_message(
+                    ErrorKind::Protocol,
+                    "response shorter than its correlation id",
+                ));
             }
             msg.read(0, &mut head)?;
             let got = u64::from_le_bytes(head);
@@ -119,7 +132,10 @@ impl Requester {
                 return Ok(payload);
             }
             if got == 0 || got >= self.next_id {
-                return Err(Error::with_message(ErrorKind::Protocol, format!("response to unknown request {got}")));
+                return Err(Error::with_message(
+                    ErrorKind::Protocol,
+                    format!("response to unknown request {got}"),
+                ));
             }
             self.early.insert(got, payload);
         }
@@ -153,7 +169,10 @@ impl Responder {
     pub fn next_request(&mut self) -> Result<Request> {
         let msg = self.rx.recv()?;
         let (id, payload) = split(&msg)?;
-        Ok(Request { id, payload: payload.to_vec() })
+        Ok(Request {
+            id,
+            payload: payload.to_vec(),
+        })
     }
 
     /// Answers request `id`.

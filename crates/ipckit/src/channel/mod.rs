@@ -46,10 +46,16 @@
 //!   store, so a sender killed mid-write leaves nothing; indexes only grow, so nothing is read
 //!   twice. A waiter checks at growing intervals (up to 100 ms) whether its peer still lives and
 //!   then returns [`ErrorKind::PeerGone`]; a new sender or receiver may attach and carry on.
+//!   Before the first peer of the other kind has attached there is nobody to lose: a receiver
+//!   waits for a first sender, a sender for a first receiver. A receiver killed while it
+//!   borrows a message leaves the message to the next receiver.
 //!
 //! Wire layout: `docs/protocol/channel.md`.
 
+mod duplex;
 mod lane;
+
+pub use duplex::{Request, Requester, Responder};
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -81,6 +87,9 @@ const FIRST_LIVENESS_CHECK: Duration = Duration::from_millis(1);
 const MAX_LIVENESS_CHECK: Duration = Duration::from_millis(100);
 const MIN_SPIN: u32 = 64;
 const MAX_SPIN: u32 = 1 << 15;
+/// Largest position a sender starts from: a lane's positions then never overflow (a position is
+/// a message count; 2^63 messages take centuries).
+const MAX_POSITION: u64 = 1 << 63;
 
 /// How a blocked sender or receiver waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -268,6 +277,7 @@ impl ChannelBuilder {
                 "the channel already has a receiver",
             ));
         }
+        shared.consumers_seen().fetch_add(1, Ordering::SeqCst);
         let lanes = shared.geometry.lanes as usize;
         let heads: Vec<u64> = (0..lanes)
             .map(|i| shared.lane(i).head.load(Ordering::Acquire))
@@ -299,9 +309,17 @@ impl ChannelBuilder {
                     "every producer lane of the channel is in use",
                 )
             })?;
-        shared.producers_seen().fetch_add(1, Ordering::SeqCst);
+        // Carry on from where the lane's previous sender stopped, once its positions are checked:
+        // we count on from the tail, which must therefore be far from the end of the range.
         let tail = shared.lane(lane).tail.load(Ordering::Acquire);
+        let cap = u64::from(shared.geometry.capacity);
+        let consistent = tail <= MAX_POSITION && shared.lane(lane).free_slots(tail, cap).is_ok();
         let head = shared.lane(lane).head.load(Ordering::Acquire);
+        if !consistent {
+            release(shared.producer_endpoint(lane), me);
+            return Err(shared.corrupt());
+        }
+        shared.producers_seen().fetch_add(1, Ordering::SeqCst);
         Ok(Sender {
             shared,
             wait: self.wait,
@@ -339,29 +357,50 @@ struct Endpoint<'a> {
     start: &'a AtomicU64,
 }
 
+/// Set in an endpoint's pid word from the moment a process takes the endpoint until it has
+/// stored its start time. Meanwhile the start word still names the previous holder, so the new
+/// holder is judged by its pid alone (Linux pids stay below 2^22).
+const CLAIMING: u32 = 1 << 31;
+
 impl Endpoint<'_> {
     /// The attached process, if any and alive.
     fn live(&self) -> Option<u32> {
-        let pid = self.pid.load(Ordering::Acquire);
-        (pid != 0 && start_time(pid) == Some(self.start.load(Ordering::Acquire))).then_some(pid)
+        self.alive(self.pid.load(Ordering::Acquire))
+    }
+
+    /// The holder that the pid word value `word` names, if any and alive.
+    fn alive(&self, word: u32) -> Option<u32> {
+        let pid = word & !CLAIMING;
+        if pid == 0 {
+            return None;
+        }
+        let start = start_time(pid)?;
+        (word & CLAIMING != 0 || start == self.start.load(Ordering::Acquire)).then_some(pid)
     }
 }
 
 /// Takes a free endpoint, or one whose process died.
+///
+/// The pid word is taken with one compare-and-swap, marked [`CLAIMING`] until the start time
+/// is stored: otherwise a third process could see the new pid with the previous holder's start
+/// time, judge the new holder dead and take the endpoint too.
 fn claim(ep: Endpoint<'_>, me: Identity) -> bool {
     let cur = ep.pid.load(Ordering::Acquire);
-    if cur != 0 && (cur == me.pid || ep.live().is_some()) {
+    // A live holder, possibly this very process, keeps it. A dead one whose pid was reused (by
+    // us or anyone) differs in start time.
+    if ep.alive(cur).is_some() {
         return false;
     }
     if ep
         .pid
-        .compare_exchange(cur, me.pid, Ordering::AcqRel, Ordering::Acquire)
+        .compare_exchange(cur, me.pid | CLAIMING, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
     {
         return false;
     }
     ep.start.store(me.start, Ordering::Release);
     ep.cpu.store(current_cpu(), Ordering::Relaxed);
+    ep.pid.store(me.pid, Ordering::Release);
     true
 }
 
@@ -386,6 +425,7 @@ const H_CONSUMER_START: usize = LINE + 8;
 const H_CONSUMER_SLEEPING: usize = 2 * LINE;
 const H_DOORBELL: usize = 2 * LINE + 4;
 const H_PRODUCERS_SEEN: usize = 3 * LINE;
+const H_CONSUMERS_SEEN: usize = 3 * LINE + 4;
 // Lane words (byte offsets within a lane).
 const L_TAIL: usize = 0;
 const L_PRODUCER_PID: usize = 8;
@@ -461,6 +501,12 @@ impl Shared {
         self.u32_at(H_PRODUCERS_SEEN)
     }
 
+    /// Receivers that ever attached: a sender waits for room while this is 0, as a receiver
+    /// waits for a first sender.
+    fn consumers_seen(&self) -> &AtomicU32 {
+        self.u32_at(H_CONSUMERS_SEEN)
+    }
+
     fn consumer_endpoint(&self) -> Endpoint<'_> {
         Endpoint {
             pid: self.u32_at(H_CONSUMER_PID),
@@ -490,6 +536,12 @@ impl Shared {
         // region's size), 64-aligned; the length word is the slot's first 4 bytes.
         let len = unsafe { AtomicU32::from_ptr(self.region.as_ptr().add(off).cast()) };
         (len, self.region.as_ptr().wrapping_add(off + SLOT_HEADER))
+    }
+
+    /// Whether any lane has a sender attached (alive or not): pid words only, no system call.
+    fn producers_attached(&self) -> bool {
+        (0..self.geometry.lanes as usize)
+            .any(|i| self.producer_endpoint(i).pid.load(Ordering::Acquire) != 0)
     }
 
     fn producers_alive(&self) -> bool {
@@ -644,7 +696,9 @@ impl WaitSide for TxWait<'_> {
         self.shared.lane(self.lane).producer_awake();
     }
     fn peer_alive(&mut self) -> bool {
-        self.shared.consumer_endpoint().live().is_some()
+        // No receiver yet: it may still come (the channel's creator need not be its receiver).
+        self.shared.consumers_seen().load(Ordering::SeqCst) == 0
+            || self.shared.consumer_endpoint().live().is_some()
     }
     fn bell(&self) -> &AtomicU32 {
         self.shared.space_bell(self.lane)
@@ -985,7 +1039,7 @@ impl Receiver {
                     .load(Ordering::Acquire)
                     .saturating_sub(self.cursor.heads[i])
             })
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 
     fn wait_message(&mut self, timeout: Option<Duration>) -> Result<Found> {
@@ -995,8 +1049,11 @@ impl Receiver {
         if timeout == Some(Duration::ZERO) {
             return Err(Error::new(ErrorKind::Timeout));
         }
-        // A sender came and went, and nothing is left to read: the peer is gone.
-        if self.shared.producers_seen().load(Ordering::SeqCst) > 0 && !self.shared.producers_alive()
+        // A sender came and went, and nothing is left to read: the peer is gone. (Only the pid
+        // words are read here, no /proc: this runs every time the channel is found empty. A
+        // sender killed without detaching is found by the liveness checks while waiting.)
+        if self.shared.producers_seen().load(Ordering::SeqCst) > 0
+            && !self.shared.producers_attached()
         {
             if let Some(f) = self.cursor.find(&self.shared)? {
                 return Ok(f);
@@ -1164,8 +1221,11 @@ impl RecvGuard<'_> {
         unsafe { std::slice::from_raw_parts(self.data(), self.len()) }
     }
 
-    /// Leaves the message queued: the next receive returns it again.
+    /// Leaves the message queued: the next receive returns it again (also when messages
+    /// arrived meanwhile on other lanes).
     pub fn keep(self) {
+        // The round-robin resumes at this lane, so that this message stays first in line.
+        self.rx.cursor.next = self.found.lane;
         std::mem::forget(self);
     }
 }
@@ -1201,7 +1261,7 @@ pub fn describe(ns: &Namespace, name: &str) -> Result<ChannelInfo> {
                 .load(Ordering::Acquire)
                 .saturating_sub(l.head.load(Ordering::Acquire))
         })
-        .sum();
+        .fold(0, u64::saturating_add);
     Ok(ChannelInfo {
         geometry: shared.geometry,
         depth,

@@ -57,6 +57,7 @@ mod lane;
 
 pub use duplex::{Request, Requester, Responder};
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -249,7 +250,7 @@ impl ChannelBuilder {
         self
     }
 
-    fn attach(&self) -> Result<Shared> {
+    fn attach(&self) -> Result<Arc<Shared>> {
         self.geometry.validate()?;
         let name = self
             .name
@@ -263,7 +264,7 @@ impl ChannelBuilder {
             state: [0; 4],
         };
         let (object, _) = ObjectHandle::create(&ns, Some(name), &spec)?;
-        Shared::new(object)
+        Shared::new(object).map(Arc::new)
     }
 
     /// Attaches as the channel's one receiver ([`ErrorKind::PipeBusy`] if a live receiver is
@@ -709,7 +710,7 @@ impl WaitSide for TxWait<'_> {
 /// is a `WriteFile` on a message-mode pipe.
 #[derive(Debug)]
 pub struct Sender {
-    shared: Shared,
+    shared: Arc<Shared>,
     wait: WaitMode,
     lane: usize,
     /// Next position to publish (our own copy of the lane's tail).
@@ -941,7 +942,7 @@ impl SendSlot<'_> {
 /// message-mode pipe.
 #[derive(Debug)]
 pub struct Receiver {
-    shared: Shared,
+    shared: Arc<Shared>,
     wait: WaitMode,
     cursor: Cursor,
     spin: Spin,
@@ -949,7 +950,7 @@ pub struct Receiver {
 }
 
 /// The receiver's positions.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Cursor {
     /// Next position to read, per lane.
     heads: Vec<u64>,
@@ -1233,6 +1234,76 @@ impl RecvGuard<'_> {
 impl Drop for RecvGuard<'_> {
     fn drop(&mut self) {
         self.rx.take(self.found);
+    }
+}
+
+/// How long one blocking wait of the async API lasts before the future looks again: bounds how
+/// long a cancelled receive keeps a blocking thread.
+#[cfg(feature = "tokio")]
+const ASYNC_SLICE: Duration = Duration::from_millis(100);
+
+#[cfg(feature = "tokio")]
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::with_message(ErrorKind::Other, format!("waiting thread failed: {e}"))
+}
+
+#[cfg(feature = "tokio")]
+impl Receiver {
+    /// Receives a copy of the next message without blocking the async runtime (feature `tokio`).
+    ///
+    /// Cancel-safe: dropping the future loses no message. The waiting itself runs on tokio's
+    /// blocking pool in slices of at most 100 ms and never consumes a message; the message is
+    /// taken on the runtime thread when the future completes.
+    pub async fn recv_async(&mut self) -> Result<Vec<u8>> {
+        loop {
+            match self.try_recv() {
+                Ok(m) => return Ok(m),
+                Err(e) if e.kind() == ErrorKind::Timeout => {}
+                Err(e) => return Err(e),
+            }
+            let shared = self.shared.clone();
+            let mut cursor = self.cursor.clone();
+            let mode = self.wait;
+            let waited = tokio::task::spawn_blocking(move || {
+                let mut side = RxWait { shared: &shared, cursor: &mut cursor };
+                wait_until(mode, &mut Spin::new(), None, deadline(Some(ASYNC_SLICE)), &mut side).map(|_| ())
+            })
+            .await
+            .map_err(join_error)?;
+            match waited {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Timeout => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Sender {
+    /// Sends a copy of `msg`, waiting for room without blocking the async runtime (feature
+    /// `tokio`). Cancel-safe: the message is sent only when the future completes.
+    pub async fn send_async(&mut self, msg: &[u8]) -> Result<()> {
+        loop {
+            match self.try_send(msg) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Full => {}
+                Err(e) => return Err(e),
+            }
+            let shared = self.shared.clone();
+            let (lane, tail, mode) = (self.lane, self.tail, self.wait);
+            let waited = tokio::task::spawn_blocking(move || {
+                let mut side = TxWait { shared: &shared, lane, tail };
+                wait_until(mode, &mut Spin::new(), None, deadline(Some(ASYNC_SLICE)), &mut side).map(|_| ())
+            })
+            .await
+            .map_err(join_error)?;
+            match waited {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Timeout => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

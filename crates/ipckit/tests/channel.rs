@@ -19,10 +19,13 @@ use std::time::{Duration, Instant};
 use ipckit::ErrorKind;
 use ipckit::channel::{Channel, ChannelBuilder, Geometry, Receiver, Sender, WaitMode, describe};
 use ipckit::mapping::{FileMapping, ViewAccess};
-use ipckit::name::{ObjectName, Scope};
+use ipckit::name::ObjectName;
 use ipckit::namespace::Namespace;
 use ipckit_testkit::{Peer, RoleCtx, RoleResult, TestCase, TestDir, test_case, wait_for};
 use proptest::prelude::*;
+
+mod common;
+use common::*;
 
 /// Upper bound for anything that must happen eventually.
 const T: Duration = Duration::from_secs(10);
@@ -34,21 +37,8 @@ const GRACE: Duration = Duration::from_millis(200);
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn ns_of(t: &TestCase) -> Namespace {
-    Namespace::at(t.namespace())
-}
-
-fn ctx_ns(ctx: &RoleCtx) -> Namespace {
-    Namespace::at(ctx.namespace())
-}
-
 fn chan(ns: &Namespace, name: &str) -> ChannelBuilder {
     Channel::builder().name(name).unwrap().namespace(ns.clone())
-}
-
-/// Fails the role with `msg` unless `cond` holds.
-fn ensure(cond: bool, msg: impl Into<String>) -> RoleResult {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 /// Fails the role unless `r` failed with `kind`.
@@ -178,69 +168,6 @@ fn parse_frame(b: &[u8]) -> Result<(u32, u64), String> {
         ));
     }
     Ok((writer, seq))
-}
-
-/// Every file that objects of `ns` occupy: side files (ipckit's own dot-files excepted) and
-/// shared-memory objects. Sorted.
-fn object_files(ns: &Namespace) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for base in [ns.runtime_dir(), ns.global_dir()] {
-        if let Ok(rd) = std::fs::read_dir(base.join("object")) {
-            for e in rd.flatten() {
-                if !e.file_name().to_string_lossy().starts_with('.') {
-                    out.push(e.path());
-                }
-            }
-        }
-    }
-    let prefixes = [ns.shm_prefix(Scope::Local), ns.shm_prefix(Scope::Global)];
-    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if prefixes.iter().any(|p| name.starts_with(p)) {
-            out.push(e.path());
-        }
-    }
-    out.sort();
-    out
-}
-
-/// The shared memory of the channel `name`.
-fn shm_file(ns: &Namespace, name: &str) -> PathBuf {
-    Path::new("/dev/shm").join(ns.shm_name(&ObjectName::parse(name).unwrap()))
-}
-
-/// The states of every thread of process `pid` (`/proc/PID/task/*/stat`).
-fn thread_states(pid: u32) -> Vec<char> {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-        })
-        .collect()
-}
-
-/// Best effort: waits (bounded) until every thread of `pid` sleeps, so that what follows
-/// finds the peer blocked. Correctness never depends on it.
-fn settle_asleep(pid: u32) {
-    wait_for(Duration::from_secs(2), || {
-        let s = thread_states(pid);
-        !s.is_empty() && s.iter().all(|&c| c == 'S')
-    });
-}
-
-/// CPU time (user + system) consumed so far by process `pid`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .collect();
-    // After the command: state is field 3 of proc(5), utime 14 and stime 15.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = rustix::param::clock_ticks_per_second();
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
 fn err_text(e: &ipckit::Error) -> String {

@@ -13,31 +13,21 @@ use ipckit::ErrorKind;
 use ipckit::mapping::{
     FileMapping, MAX_MAPPING_SIZE, Protection, ViewAccess, allocation_granularity,
 };
-use ipckit::name::{ObjectName, Scope};
+use ipckit::name::ObjectName;
 use ipckit::namespace::Namespace;
 use ipckit::object::{ObjectKind, describe};
 use ipckit::sync::{Event, Mutex, Options, Semaphore};
-use ipckit_testkit::{RoleCtx, RoleResult, TestCase, test_case};
+use ipckit_testkit::test_case;
 use proptest::prelude::*;
+
+mod common;
+use common::*;
 
 /// Upper bound for anything that must happen eventually.
 const T: Duration = Duration::from_secs(10);
 
 fn page() -> usize {
     allocation_granularity()
-}
-
-fn ns_of(t: &TestCase) -> Namespace {
-    Namespace::at(t.namespace())
-}
-
-fn ctx_ns(ctx: &RoleCtx) -> Namespace {
-    Namespace::at(ctx.namespace())
-}
-
-/// Fails the role with `msg` unless `cond` holds.
-fn ensure(cond: bool, msg: impl Into<String>) -> RoleResult {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 fn read_bytes(view: &ipckit::mapping::View, offset: usize, len: usize) -> Vec<u8> {
@@ -49,35 +39,6 @@ fn read_bytes(view: &ipckit::mapping::View, offset: usize, len: usize) -> Vec<u8
 /// The side file of the object `name` in `ns`.
 fn side_file(ns: &Namespace, name: &str) -> PathBuf {
     ns.object_path(&ObjectName::parse(name).unwrap())
-}
-
-/// The shared-memory file of the object `name` in `ns`.
-fn shm_file(ns: &Namespace, name: &str) -> PathBuf {
-    Path::new("/dev/shm").join(ns.shm_name(&ObjectName::parse(name).unwrap()))
-}
-
-/// Every file that objects of `ns` occupy: side files (ipckit's own dot-files excepted) and
-/// shared-memory objects. Sorted.
-fn object_files(ns: &Namespace) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for base in [ns.runtime_dir(), ns.global_dir()] {
-        if let Ok(rd) = std::fs::read_dir(base.join("object")) {
-            for e in rd.flatten() {
-                if !e.file_name().to_string_lossy().starts_with('.') {
-                    out.push(e.path());
-                }
-            }
-        }
-    }
-    let prefixes = [ns.shm_prefix(Scope::Local), ns.shm_prefix(Scope::Global)];
-    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if prefixes.iter().any(|p| name.starts_with(p)) {
-            out.push(e.path());
-        }
-    }
-    out.sort();
-    out
 }
 
 /// What `ipckit ls` would say of the object `name`: `None` when it is gone.

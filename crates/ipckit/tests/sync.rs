@@ -12,14 +12,16 @@ use std::time::Duration;
 
 use ipckit::ErrorKind;
 use ipckit::mapping::{FileMapping, ViewAccess};
-use ipckit::name::Scope;
 use ipckit::namespace::Namespace;
 use ipckit::sync::{
     Event, MAXIMUM_WAIT_OBJECTS, Mutex, Options, Semaphore, WaitStatus, Waitable, wait_all,
     wait_any,
 };
-use ipckit_testkit::{Peer, RoleCtx, RoleResult, TestCase, test_case, wait_for};
+use ipckit_testkit::{Peer, RoleCtx, RoleResult, test_case, wait_for};
 use proptest::prelude::*;
+
+mod common;
+use common::*;
 
 /// Upper bound for anything that must happen eventually.
 const T: Duration = Duration::from_secs(10);
@@ -34,14 +36,6 @@ fn opts_in(ns: &Namespace, name: &str) -> Options {
 
 fn ctx_opts(ctx: &RoleCtx, name: &str) -> Options {
     opts_in(&Namespace::at(ctx.namespace()), name)
-}
-
-fn ns_of(t: &TestCase) -> Namespace {
-    Namespace::at(t.namespace())
-}
-
-fn ensure(cond: bool, msg: impl Into<String>) -> RoleResult {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 /// A result as text for the control channel: `ok`, `abandoned`, or `KIND:CODE`.
@@ -69,52 +63,6 @@ fn assert_kind<T: std::fmt::Debug>(r: ipckit::Result<T>, kind: ErrorKind, what: 
     }
 }
 
-/// Side files of the namespace's objects (ipckit's own dot-files excepted), and its
-/// shared-memory objects.
-fn object_files(ns: &Namespace) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for base in [ns.runtime_dir(), ns.global_dir()] {
-        if let Ok(rd) = std::fs::read_dir(base.join("object")) {
-            for e in rd.flatten() {
-                if !e.file_name().to_string_lossy().starts_with('.') {
-                    out.push(e.path());
-                }
-            }
-        }
-    }
-    let prefixes = [ns.shm_prefix(Scope::Local), ns.shm_prefix(Scope::Global)];
-    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if prefixes.iter().any(|p| name.starts_with(p)) {
-            out.push(e.path());
-        }
-    }
-    out.sort();
-    out
-}
-
-/// The states of every thread of process `pid` (`/proc/PID/task/*/stat`).
-fn thread_states(pid: u32) -> Vec<char> {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            stat[stat.rfind(')')? + 1..].trim_start().chars().next()
-        })
-        .collect()
-}
-
-/// Best effort: waits (bounded) until every thread of `pid` sleeps, so that a following
-/// signal finds the waiter asleep in the kernel. Correctness never depends on it.
-fn settle_asleep(pid: u32) {
-    wait_for(Duration::from_secs(2), || {
-        let s = thread_states(pid);
-        !s.is_empty() && s.iter().all(|&c| c == 'S')
-    });
-}
-
 /// Best effort, for a thread of this process.
 fn settle_thread_asleep(tid: u32) {
     wait_for(Duration::from_secs(2), || {
@@ -127,18 +75,6 @@ fn settle_thread_asleep(tid: u32) {
 
 fn gettid() -> u32 {
     rustix::thread::gettid().as_raw_nonzero().get() as u32
-}
-
-/// CPU time (user + system) consumed so far by process `pid`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
-        .split_whitespace()
-        .collect();
-    // After the command: state is field 3 of proc(5), utime 14 and stime 15.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = rustix::param::clock_ticks_per_second();
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
 }
 
 /// A peer that runs commands against named objects and answers each with one frame.

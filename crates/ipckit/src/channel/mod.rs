@@ -1265,8 +1265,18 @@ impl Receiver {
             let mut cursor = self.cursor.clone();
             let mode = self.wait;
             let waited = tokio::task::spawn_blocking(move || {
-                let mut side = RxWait { shared: &shared, cursor: &mut cursor };
-                wait_until(mode, &mut Spin::new(), None, deadline(Some(ASYNC_SLICE)), &mut side).map(|_| ())
+                let mut side = RxWait {
+                    shared: &shared,
+                    cursor: &mut cursor,
+                };
+                wait_until(
+                    mode,
+                    &mut Spin::new(),
+                    None,
+                    deadline(Some(ASYNC_SLICE)),
+                    &mut side,
+                )
+                .map(|_| ())
             })
             .await
             .map_err(join_error)?;
@@ -1293,8 +1303,19 @@ impl Sender {
             let shared = self.shared.clone();
             let (lane, tail, mode) = (self.lane, self.tail, self.wait);
             let waited = tokio::task::spawn_blocking(move || {
-                let mut side = TxWait { shared: &shared, lane, tail };
-                wait_until(mode, &mut Spin::new(), None, deadline(Some(ASYNC_SLICE)), &mut side).map(|_| ())
+                let mut side = TxWait {
+                    shared: &shared,
+                    lane,
+                    tail,
+                };
+                wait_until(
+                    mode,
+                    &mut Spin::new(),
+                    None,
+                    deadline(Some(ASYNC_SLICE)),
+                    &mut side,
+                )
+                .map(|_| ())
             })
             .await
             .map_err(join_error)?;

@@ -311,11 +311,21 @@ fn chan_send_and_follow() {
     // A sender needs the receiver's channel.
     let o = run(&t, &["chan", "send", "cli-chan", "early"]);
     assert!(stderr(&o).contains("win32 2"), "{}", stderr(&o));
-    let mut rx = t.command(ipckit(&["chan", "recv", "cli-chan", "--follow"])).start();
-    assert!(wait_for(T, || rx.stderr().contains("receiving on cli-chan")), "{}", rx.report());
+    let mut rx = t
+        .command(ipckit(&["chan", "recv", "cli-chan", "--follow"]))
+        .start();
+    assert!(
+        wait_for(T, || rx.stderr().contains("receiving on cli-chan")),
+        "{}",
+        rx.report()
+    );
     ok(&t, &["chan", "send", "cli-chan", "first"]);
     ok(&t, &["chan", "send", "cli-chan", "second"]);
-    assert!(wait_for(T, || rx.stdout() == "first\nsecond\n"), "{}", rx.report());
+    assert!(
+        wait_for(T, || rx.stdout() == "first\nsecond\n"),
+        "{}",
+        rx.report()
+    );
     let ls: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
     assert_eq!(ls[0]["kind"], "channel");
     assert_eq!(ls[0]["details"]["receiver"], rx.pid());
@@ -331,14 +341,27 @@ fn bench_prints_json_lines() {
     let mut c = ipckit(&["bench", "--quick", "--json", "unix-stream", "memcpy"]);
     // A handful of iterations: this checks the output, not the numbers.
     c.env("IPCKIT_BENCH_TINY", "1");
-    let o = t.command(c).start().wait_output_timeout(Duration::from_secs(60)).unwrap();
+    let o = t
+        .command(c)
+        .start()
+        .wait_output_timeout(Duration::from_secs(60))
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<_> = stdout(&o).lines().map(str::to_owned).collect();
     assert!(lines.len() >= 4, "{lines:?}");
     for line in &lines {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
         let keys: Vec<_> = v.as_object().unwrap().keys().cloned().collect();
-        for k in ["mechanism", "case", "metric", "value", "unit", "baseline", "ratio"] {
+        for k in [
+            "mechanism",
+            "case",
+            "metric",
+            "value",
+            "unit",
+            "baseline",
+            "ratio",
+        ] {
             assert!(keys.iter().any(|x| x == k), "{k} missing in {line}");
         }
         assert_eq!(keys.len(), 7, "{line}");

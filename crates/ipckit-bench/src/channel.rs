@@ -10,6 +10,13 @@
 //!   stamp. Each sample is `Instant::now()` after the receive minus
 //!   `Instant::now()` before the send, so it includes one clock read
 //!   (~20-30 ns through the vDSO).
+//! * **zero-copy round trip** (`rtt-zc-<size>`, only for transports whose
+//!   [`Transport::zero_copy`] is true): the same exchange through
+//!   [`Channel::send_stamp`] / [`Channel::recv_stamp`], which move a
+//!   `size`-byte message but write and read only its 8-byte stamp in place
+//!   (loan or reserve a slot, write the stamp, publish; borrow the message,
+//!   read the stamp, release). The payload is never touched, so a true
+//!   zero-copy path is flat in size.
 //! * **stream** (`stream-<size>`): the harness sends messages back to back;
 //!   the peer receives each one with one receive operation, checks the
 //!   sequence, and acknowledges the last message of a round with an 8-byte
@@ -40,7 +47,9 @@ pub const STAMP_LEN: usize = 8;
 /// One end of a bidirectional message channel between two processes.
 ///
 /// Messages are at least [`STAMP_LEN`] bytes long and at most 64 KiB in the
-/// shipped plans. Both operations block until done.
+/// shipped plans (4 MiB for the zero-copy round trips). All operations block
+/// until done; a waiting side must give up with an error once the other
+/// process is gone.
 pub trait Channel {
     /// Sends one message holding all of `msg`.
     fn send(&mut self, msg: &[u8]) -> io::Result<()>;
@@ -48,6 +57,38 @@ pub trait Channel {
     /// Implementations report an end of stream or a size mismatch as an
     /// error.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Zero-copy send (only called when [`Transport::zero_copy`] is true):
+    /// publishes a `len`-byte message whose first [`STAMP_LEN`] bytes are
+    /// `stamp` (little endian), writing nothing but the stamp into the
+    /// message's place in shared memory; the rest of the payload is
+    /// whatever the slot held.
+    fn send_stamp(&mut self, len: usize, stamp: u64) -> io::Result<()> {
+        let _ = (len, stamp);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this channel has no zero-copy path",
+        ))
+    }
+
+    /// Zero-copy receive (only called when [`Transport::zero_copy`] is
+    /// true): takes the next message, which must be `len` bytes long,
+    /// reads only its stamp in place and releases it.
+    fn recv_stamp(&mut self, len: usize) -> io::Result<u64> {
+        let _ = len;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this channel has no zero-copy path",
+        ))
+    }
+
+    /// Called on both sides before phase number `index` of the plan (the
+    /// plan as filtered for this transport) starts, for channels that use
+    /// different resources per phase. Does nothing by default.
+    fn begin_phase(&mut self, index: usize, phase: &Phase) -> io::Result<()> {
+        let _ = (index, phase);
+        Ok(())
+    }
 }
 
 /// How the two processes of a case obtain their ends of a [`Channel`].
@@ -72,6 +113,23 @@ pub trait Transport: Sync + 'static {
     fn streams(&self) -> bool {
         true
     }
+
+    /// Whether the zero-copy round trips (`rtt-zc-<size>`) apply: the
+    /// channel implements [`Channel::send_stamp`] and [`Channel::recv_stamp`].
+    fn zero_copy(&self) -> bool {
+        false
+    }
+}
+
+/// The phases of `params` that a transport runs.
+fn phases_for<T: Transport>(t: &T, params: &Params) -> Vec<Phase> {
+    let mut phases = params.phases();
+    phases.retain(|p| match p {
+        Phase::Rtt { .. } => true,
+        Phase::RttZc { .. } => t.zero_copy(),
+        Phase::Stream { .. } => t.streams(),
+    });
+    phases
 }
 
 /// One measured value of a case, before it is named after its mechanism.
@@ -124,10 +182,7 @@ impl<T: Transport> ErasedTransport for T {
     fn run_parent(&self, job: &Job<'_>) -> io::Result<Vec<Measurement>> {
         // The peer inherits this mask and then pins itself to its own CPU.
         let _pin = PinGuard::pin(job.placement.parent_cpu)?;
-        let mut phases = job.params.phases();
-        if !self.streams() {
-            phases.retain(|p| matches!(p, Phase::Rtt { .. }));
-        }
+        let phases = phases_for(self, job.params);
         let mut launcher = Launcher::new(job.exe, job.mechanism, job.placement, &phases)?;
         let opened = self.open_parent(&mut launcher);
         let process = launcher.take_process();
@@ -149,9 +204,11 @@ impl<T: Transport> ErasedTransport for T {
 
     fn run_peer(&self, env: &PeerEnv) -> io::Result<()> {
         let mut chan = self.open_peer(env)?;
-        for phase in &env.phases {
+        for (index, phase) in env.phases.iter().enumerate() {
+            chan.begin_phase(index, phase)?;
             match *phase {
                 Phase::Rtt { size } => peer_rtt(&mut chan, size)?,
+                Phase::RttZc { size } => peer_rtt_zc(&mut chan, size)?,
                 Phase::Stream { size, .. } => peer_stream(&mut chan, size)?,
             }
         }
@@ -167,11 +224,14 @@ fn drive_parent<C: Channel>(
     let p = job.params;
     let place = job.placement.label;
     let mut out = Vec::new();
-    for phase in phases {
+    for (index, phase) in phases.iter().enumerate() {
+        chan.begin_phase(index, phase)?;
         match *phase {
-            Phase::Rtt { size } => {
-                let s = parent_rtt(chan, size, p)?;
-                let case = format!("rtt-{}/{place}", size_label(size));
+            Phase::Rtt { size } | Phase::RttZc { size } => {
+                let zero_copy = matches!(phase, Phase::RttZc { .. });
+                let s = parent_rtt(chan, size, zero_copy, p)?;
+                let kind = if zero_copy { "rtt-zc" } else { "rtt" };
+                let case = format!("{kind}-{}/{place}", size_label(size));
                 out.push(Measurement::new(case.clone(), "median", s.median, "ns"));
                 out.push(Measurement::new(case, "p99", s.p99, "ns"));
             }
@@ -220,20 +280,33 @@ fn check_size(size: usize) -> io::Result<()> {
 }
 
 /// Harness side of a round-trip phase: warm-up, then `rtt_rounds` rounds;
-/// all samples (ns) pooled into one summary.
-fn parent_rtt<C: Channel>(chan: &mut C, size: usize, p: &Params) -> io::Result<Summary> {
+/// all samples (ns) pooled into one summary. `zero_copy` exchanges through
+/// [`Channel::send_stamp`] / [`Channel::recv_stamp`] instead of copying
+/// whole messages.
+fn parent_rtt<C: Channel>(
+    chan: &mut C,
+    size: usize,
+    zero_copy: bool,
+    p: &Params,
+) -> io::Result<Summary> {
     check_size(size)?;
-    let mut tx = vec![0xA5u8; size];
-    let mut rx = vec![0u8; size];
+    let buf_len = if zero_copy { 0 } else { size };
+    let mut tx = vec![0xA5u8; buf_len];
+    let mut rx = vec![0u8; buf_len];
     let mut seq = 0u64;
     let mut exchange = |stamp: u64, chan: &mut C| -> io::Result<()> {
-        put_stamp(&mut tx, stamp);
-        chan.send(&tx)?;
-        chan.recv(&mut rx)?;
-        if get_stamp(&rx) != stamp {
+        let echoed = if zero_copy {
+            chan.send_stamp(size, stamp)?;
+            chan.recv_stamp(size)?
+        } else {
+            put_stamp(&mut tx, stamp);
+            chan.send(&tx)?;
+            chan.recv(&mut rx)?;
+            get_stamp(&rx)
+        };
+        if echoed != stamp {
             return Err(invalid(format!(
-                "echo mismatch: sent stamp {stamp:#x}, got {:#x}",
-                get_stamp(&rx)
+                "echo mismatch: sent stamp {stamp:#x}, got {echoed:#x}"
             )));
         }
         Ok(())
@@ -333,6 +406,19 @@ fn peer_rtt<C: Channel>(chan: &mut C, size: usize) -> io::Result<()> {
         chan.recv(&mut buf)?;
         chan.send(&buf)?;
         if get_stamp(&buf) & END_PHASE != 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Peer side of a zero-copy round-trip phase: echo every stamp in a
+/// message of the same size until the end of the phase.
+fn peer_rtt_zc<C: Channel>(chan: &mut C, size: usize) -> io::Result<()> {
+    check_size(size)?;
+    loop {
+        let stamp = chan.recv_stamp(size)?;
+        chan.send_stamp(size, stamp)?;
+        if stamp & END_PHASE != 0 {
             return Ok(());
         }
     }

@@ -25,6 +25,12 @@
 //!   through the vDSO, one clock read included in every sample). The
 //!   median and the nearest-rank p99 are computed over all samples of all
 //!   rounds ([`stats`]). Sizes: 64 B (quick); 64 B, 4 KiB and 64 KiB (full).
+//! * `rtt-zc-<size>`: zero-copy round-trip latency, for the mechanisms
+//!   with a zero-copy path ([`Transport::zero_copy`]): the same rounds, but
+//!   each message is a `size`-byte slot of which only the 8-byte stamp is
+//!   written in place and read in place ([`Channel::send_stamp`],
+//!   [`Channel::recv_stamp`]); a zero-copy path is flat in size. Sizes:
+//!   64 B and 4 KiB (quick); 64 B, 4 KiB, 64 KiB, 1 MiB and 4 MiB (full).
 //! * `stream-64KiB`: one-way throughput of 64 KiB messages, in MiB/s of
 //!   payload; `stream-64B`: message rate of 64-byte messages, in msg/s.
 //!   The harness sends back to back, the peer receives every message with
@@ -33,8 +39,10 @@
 //!
 //! Rounds stop after a number of iterations or, once a minimum number of
 //! iterations is done, after a time budget, so slow cases (same-core
-//! `shm-spin`) stay short. Quick mode takes about 15-25 s for all
-//! baselines on two CPUs, full mode about two minutes.
+//! `shm-spin`, and the pure busy-polls of `ipckit-chan-spin` and `iceoryx2`,
+//! whose same-core round trip is a scheduler time slice) stay short. Quick
+//! mode takes about 15-25 s for all baselines on two CPUs, full mode about
+//! two minutes.
 //!
 //! # The raw baselines
 //!
@@ -48,7 +56,25 @@
 //! | `shm-futex` | shared-memory rings (message copied in and out), waits sleep in `FUTEX_WAIT` and are woken with `FUTEX_WAKE` |
 //! | `shm-spin` | the same rings, waits busy-poll: [`SPINS_BEFORE_YIELD`](raw::shm::SPINS_BEFORE_YIELD) polls with `spin_loop`, then `sched_yield`, repeated; same-core this mostly measures the yield path |
 //!
+//! In the `rtt-zc-*` cases the two shared-memory rings carry only the
+//! stamp (the record's header still says `size` bytes): the floor of any
+//! zero-copy path, flat in size by construction.
+//!
 //! See the modules under [`raw`] for the details of each.
+//!
+//! # ipckit and other crates
+//!
+//! | benchmark | baseline | data path |
+//! |---|---|---|
+//! | `ipckit-mutex`, `ipckit-mutex-contended`, `ipckit-event`, `ipckit-semaphore` | see [`ipckit_sync`] | named mutex, events, semaphores over a file mapping |
+//! | `iceoryx2` | `shm-spin` | the iceoryx2 crate's publish-subscribe, loaned samples, busy-polled; round trips only ([`iox2`]) |
+//! | `ipckit-chan-spin` | `shm-spin` | `ipckit::channel` pair, `WaitMode::BusyPoll` ([`ipckit_chan`]) |
+//! | `ipckit-chan` | `shm-futex` | `ipckit::channel` pair, `WaitMode::Adaptive` |
+//! | `ipckit-chan-sleep` | `shm-futex` | `ipckit::channel` pair, `WaitMode::Sleep` |
+//!
+//! A benchmark's ratio is always against its baseline; to compare
+//! `ipckit-chan-spin` with `iceoryx2`, divide their values (or their
+//! ratios against the common `shm-spin`) for the same case.
 //!
 //! # Output
 //!
@@ -68,6 +94,8 @@
 
 pub mod affinity;
 pub mod channel;
+pub mod iox2;
+pub mod ipckit_chan;
 pub mod ipckit_sync;
 pub mod params;
 pub mod peer;

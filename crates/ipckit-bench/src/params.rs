@@ -60,6 +60,12 @@ pub enum Phase {
         /// Message size in bytes.
         size: usize,
     },
+    /// Zero-copy round trips of `size`-byte messages of which only the
+    /// stamp is written and read (transports with a zero-copy path only).
+    RttZc {
+        /// Message size in bytes.
+        size: usize,
+    },
     /// One-way stream of `size`-byte messages; the peer acknowledges the
     /// last message of each round.
     Stream {
@@ -83,6 +89,9 @@ pub struct Params {
     pub rtt_rounds: u32,
     /// Budget of one round-trip round.
     pub rtt_round: Budget,
+    /// Message sizes of the zero-copy round-trip phases (same budgets as
+    /// `rtt_round`).
+    pub zc_sizes: Vec<usize>,
     /// Streaming phases: message size and metric.
     pub streams: Vec<(usize, StreamMetric)>,
     /// Un-recorded warm-up round before the streaming rounds.
@@ -100,6 +109,7 @@ pub struct Params {
 }
 
 const KIB: usize = 1024;
+const MIB: usize = KIB * KIB;
 
 impl Params {
     /// The plan for `quick` or full mode; `tiny` (from [`TINY_ENV`]) wins
@@ -126,6 +136,7 @@ impl Params {
             rtt_warmup: Budget::new(50, 5_000, 50),
             rtt_rounds: 3,
             rtt_round: Budget::new(100, 20_000, 150),
+            zc_sizes: vec![64, 4 * KIB],
             streams: vec![
                 (64 * KIB, StreamMetric::Throughput),
                 (64, StreamMetric::Rate),
@@ -146,6 +157,7 @@ impl Params {
             rtt_warmup: Budget::new(100, 20_000, 200),
             rtt_rounds: 5,
             rtt_round: Budget::new(200, 50_000, 300),
+            zc_sizes: vec![64, 4 * KIB, 64 * KIB, MIB, 4 * MIB],
             streams: vec![
                 (64 * KIB, StreamMetric::Throughput),
                 (64, StreamMetric::Rate),
@@ -166,6 +178,7 @@ impl Params {
             rtt_warmup: Budget::new(5, 20, 2),
             rtt_rounds: 2,
             rtt_round: Budget::new(10, 200, 10),
+            zc_sizes: vec![64, 4 * KIB],
             streams: vec![
                 (64 * KIB, StreamMetric::Throughput),
                 (64, StreamMetric::Rate),
@@ -182,17 +195,17 @@ impl Params {
     /// The phases of every two-process case, in execution order.
     pub fn phases(&self) -> Vec<Phase> {
         let rtt = self.rtt_sizes.iter().map(|&size| Phase::Rtt { size });
+        let zc = self.zc_sizes.iter().map(|&size| Phase::RttZc { size });
         let streams = self
             .streams
             .iter()
             .map(|&(size, metric)| Phase::Stream { size, metric });
-        rtt.chain(streams).collect()
+        rtt.chain(zc).chain(streams).collect()
     }
 }
 
 /// `64B`, `4KiB`, `64KiB`, `1MiB`: the size part of a case name.
 pub fn size_label(size: usize) -> String {
-    const MIB: usize = KIB * KIB;
     if size >= MIB && size.is_multiple_of(MIB) {
         format!("{}MiB", size / MIB)
     } else if size >= KIB && size.is_multiple_of(KIB) {

@@ -184,6 +184,7 @@ pub struct Launcher<'a> {
     exe: &'a Path,
     mechanism: &'a str,
     placement: &'a Placement,
+    phases: Vec<Phase>,
     plan: String,
     process: Option<PeerProcess>,
 }
@@ -200,9 +201,17 @@ impl<'a> Launcher<'a> {
             exe,
             mechanism,
             placement,
+            phases: phases.to_vec(),
             plan,
             process: None,
         })
+    }
+
+    /// The phases the case will run (the peer gets the same list in
+    /// [`PeerEnv::phases`]), for transports that size their resources per
+    /// phase.
+    pub fn phases(&self) -> &[Phase] {
+        &self.phases
     }
 
     /// Starts the peer with `addr` as its rendezvous address and stdin and

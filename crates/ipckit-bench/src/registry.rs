@@ -201,6 +201,34 @@ pub static BENCHES: &[Bench] = &[
         about: "named file mapping + semaphores (ReleaseSemaphore -> wake)",
         kind: Kind::TwoProcess(&crate::ipckit_sync::SemaphoreChannel),
     },
+    Bench {
+        name: "iceoryx2",
+        group: Group::PeerCrate,
+        baseline: Some("shm-spin"),
+        about: "iceoryx2 publish-subscribe, loaned samples, busy-polled (two services)",
+        kind: Kind::TwoProcess(&crate::iox2::Iceoryx2),
+    },
+    Bench {
+        name: "ipckit-chan-spin",
+        group: Group::Ipckit,
+        baseline: Some("shm-spin"),
+        about: "shared-memory channel pair, busy-polling (WaitMode::BusyPoll); rtt-zc: zero copy",
+        kind: Kind::TwoProcess(&crate::ipckit_chan::CHAN_SPIN),
+    },
+    Bench {
+        name: "ipckit-chan",
+        group: Group::Ipckit,
+        baseline: Some("shm-futex"),
+        about: "shared-memory channel pair, adaptive spin then futex sleep (WaitMode::Adaptive)",
+        kind: Kind::TwoProcess(&crate::ipckit_chan::CHAN_ADAPTIVE),
+    },
+    Bench {
+        name: "ipckit-chan-sleep",
+        group: Group::Ipckit,
+        baseline: Some("shm-futex"),
+        about: "shared-memory channel pair, futex sleep at once (WaitMode::Sleep)",
+        kind: Kind::TwoProcess(&crate::ipckit_chan::CHAN_SLEEP),
+    },
 ];
 
 /// Every benchmark, in run order.

@@ -97,6 +97,62 @@ fn quick_json_emits_only_well_formed_records() {
     assert_eq!(placements, expected.into_iter().collect());
 }
 
+/// The channel benchmarks and iceoryx2 run their zero-copy round trips and
+/// are compared with their raw baselines from the same run.
+#[test]
+fn channel_and_iceoryx2_records_carry_their_baselines() {
+    let out = bench()
+        .args(["--quick", "--json", "ipckit-chan", "iceoryx2"])
+        .output()
+        .expect("run ipckit-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ipckit-bench failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8 stdout");
+
+    let mut cases: BTreeSet<(String, String)> = BTreeSet::new();
+    for line in stdout.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let obj = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {line}"));
+        let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(keys, KEYS.into_iter().collect(), "keys of {line}");
+        let value = obj["value"].as_f64().expect("numeric value");
+        assert!(value.is_finite() && value > 0.0, "value of {line}");
+        let mechanism = obj["mechanism"].as_str().unwrap().to_owned();
+        let case = obj["case"].as_str().unwrap();
+        let (case, _placement) = case.rsplit_once('/').expect("case has a placement");
+        let expected_baseline = match mechanism.as_str() {
+            "shm-futex" | "shm-spin" => None,
+            "ipckit-chan" | "ipckit-chan-sleep" => Some("shm-futex"),
+            "ipckit-chan-spin" | "iceoryx2" => Some("shm-spin"),
+            other => panic!("unexpected mechanism {other}"),
+        };
+        assert_eq!(obj["baseline"].as_str(), expected_baseline, "{line}");
+        // Every case of these benchmarks exists in its baseline too.
+        assert_eq!(
+            obj["ratio"].as_f64().is_some(),
+            expected_baseline.is_some(),
+            "{line}"
+        );
+        cases.insert((mechanism, case.to_owned()));
+    }
+    let has = |m: &str, c: &str| cases.contains(&(m.to_owned(), c.to_owned()));
+    for m in ["ipckit-chan", "ipckit-chan-spin", "shm-futex", "iceoryx2"] {
+        for c in ["rtt-64B", "rtt-zc-64B", "rtt-zc-4KiB"] {
+            assert!(has(m, c), "{m} {c} missing");
+        }
+    }
+    assert!(has("ipckit-chan", "stream-64KiB") && has("ipckit-chan", "stream-64B"));
+    // iceoryx2 is measured in round trips only.
+    assert!(
+        !cases
+            .iter()
+            .any(|(m, c)| m == "iceoryx2" && c.starts_with("stream"))
+    );
+}
+
 #[test]
 fn unknown_mechanism_is_rejected_with_the_valid_names() {
     let out = bench()

@@ -15,6 +15,12 @@
 //! out and publishes the new `tail`. So every message is copied twice, like
 //! the kernel paths it is compared with (user → kernel → user).
 //!
+//! The zero-copy round trips (`rtt-zc-<size>`) use the same rings as the
+//! floor of a zero-copy path: a record's header says `size` bytes, but the
+//! record carries (and takes ring space for) only the 8-byte stamp, which
+//! the producer writes and the consumer reads. So those cases cost the same
+//! at every size.
+//!
 //! The mechanisms differ only in how a side waits for the other:
 //!
 //! * `shm-futex`: never spins. A side that finds nothing to do sets a
@@ -46,7 +52,7 @@ use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
 use rustix::thread::futex;
 use rustix::thread::sched_yield;
 
-use crate::channel::{Channel, Transport};
+use crate::channel::{Channel, STAMP_LEN, Transport};
 use crate::peer::{Launcher, Liveness, PeerEnv, STALL_TIMEOUT, invalid};
 use crate::raw::{path_arg, unique_name};
 
@@ -90,6 +96,10 @@ pub struct ShmSpin;
 impl Transport for ShmFutex {
     type Chan = ShmChannel;
 
+    fn zero_copy(&self) -> bool {
+        true
+    }
+
     fn open_parent(&self, launcher: &mut Launcher<'_>) -> io::Result<ShmChannel> {
         open_parent(launcher, WaitPolicy::Futex)
     }
@@ -101,6 +111,10 @@ impl Transport for ShmFutex {
 
 impl Transport for ShmSpin {
     type Chan = ShmChannel;
+
+    fn zero_copy(&self) -> bool {
+        true
+    }
 
     fn open_parent(&self, launcher: &mut Launcher<'_>) -> io::Result<ShmChannel> {
         open_parent(launcher, WaitPolicy::Spin)
@@ -371,8 +385,12 @@ impl ShmChannel {
     }
 }
 
-impl Channel for ShmChannel {
-    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+impl ShmChannel {
+    /// Writes one record whose header says `len` and whose payload is
+    /// `payload` (all of the message for a copy, only the stamp for the
+    /// zero-copy floor), and publishes it.
+    fn send_record(&mut self, len: u32, payload: &[u8]) -> io::Result<()> {
+        let msg = payload;
         if msg.len() > MAX_MESSAGE {
             return Err(invalid(format!(
                 "message of {} bytes exceeds {MAX_MESSAGE}",
@@ -396,13 +414,16 @@ impl Channel for ShmChannel {
             self.map.write_u32(ring.data + pos, PAD_MARK);
             pos = 0;
         }
-        self.map.write_u32(ring.data + pos, msg.len() as u32);
+        self.map.write_u32(ring.data + pos, len);
         self.map.write(ring.data + pos + REC_HDR, msg);
         self.tx_head = self.tx_head.wrapping_add(need);
         self.publish(ring.head, ring.head_waiters, self.tx_head)
     }
 
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<()> {
+    /// Takes the next record, which must say `expected` bytes, copying the first
+    /// `buf.len()` bytes of its payload into `buf` (the sender wrote a
+    /// payload of that length).
+    fn recv_record(&mut self, expected: usize, buf: &mut [u8]) -> io::Result<()> {
         let ring = self.rx;
         while self.rx_head_seen == self.rx_tail {
             self.rx_head_seen = self.wait_change(ring.head, ring.head_waiters, self.rx_tail)?;
@@ -415,16 +436,43 @@ impl Channel for ShmChannel {
             pos = 0;
             len = self.map.read_u32(ring.data);
         }
-        if len as usize != buf.len() {
+        if len as usize != expected {
             return Err(invalid(format!(
-                "message of {len} bytes, expected {}",
-                buf.len()
+                "message of {len} bytes, expected {expected}"
             )));
         }
         self.map.read(ring.data + pos + REC_HDR, buf);
         consumed += record_len(buf.len());
         self.rx_tail = self.rx_tail.wrapping_add(consumed as u32);
         self.publish(ring.tail, ring.tail_waiters, self.rx_tail)
+    }
+}
+
+impl Channel for ShmChannel {
+    fn send(&mut self, msg: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(msg.len()).map_err(|_| invalid("message too large"))?;
+        self.send_record(len, msg)
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.recv_record(buf.len(), buf)
+    }
+
+    /// The zero-copy floor: the record says `len` bytes but carries (and
+    /// occupies ring space for) only the stamp, so the cost is that of a
+    /// stamp-sized message whatever `len` is.
+    fn send_stamp(&mut self, len: usize, stamp: u64) -> io::Result<()> {
+        let len = u32::try_from(len)
+            .ok()
+            .filter(|&l| l != PAD_MARK)
+            .ok_or_else(|| invalid("message too large"))?;
+        self.send_record(len, &stamp.to_le_bytes())
+    }
+
+    fn recv_stamp(&mut self, len: usize) -> io::Result<u64> {
+        let mut b = [0u8; STAMP_LEN];
+        self.recv_record(len, &mut b)?;
+        Ok(u64::from_le_bytes(b))
     }
 }
 

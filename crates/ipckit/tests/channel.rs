@@ -1699,7 +1699,7 @@ fn garbage_in_shared_memory_fails_with_protocol() {
     t.role("agent", agent);
 
     let ns = ns_of(&t);
-    let stride = (16 + u64::from(MAX)).next_multiple_of(64);
+    let stride = (64 + u64::from(MAX)).next_multiple_of(64);
     // A receiver that has read one message of two.
     let setup = |name: &str| -> (Receiver, Peer) {
         let mut rx = chan(&ns, name)
@@ -2099,7 +2099,7 @@ proptest! {
             tx.send(&frame(0, seq, FRAME_MIN)).unwrap();
         }
         rx.recv().unwrap();
-        let stride = (16 + MAX).next_multiple_of(64);
+        let stride = (64 + MAX).next_multiple_of(64);
         let shm = std::fs::OpenOptions::new().write(true).open(shm_file(&ns, "g")).unwrap();
         for (word, k, value) in writes {
             // (offset, width) of: header words, both lanes' words, slot length words.

@@ -43,6 +43,7 @@ pub mod mapping;
 pub mod name;
 pub mod namespace;
 pub mod object;
+pub mod pipe;
 pub mod sync;
 pub mod sys;
 

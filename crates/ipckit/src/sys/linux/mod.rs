@@ -1,8 +1,10 @@
 //! The Linux backend of [`crate::sys`].
 
 pub mod dir;
+pub mod fd;
 pub mod file;
 pub mod futex;
 pub mod mmap;
 pub mod process;
 pub mod shm;
+pub mod socket;

@@ -1,0 +1,452 @@
+//! The server end of a named pipe: one instance (`CreateNamedPipe`).
+
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use super::conn::{Conn, Side};
+use super::frame::Control;
+use super::meta::{FLAG_REJECT_REMOTE, Meta};
+use super::registry::{self, CreateRequest, Instance, Reach};
+use super::{
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_TIMEOUT, MaxInstances, OpenMode, PeekInfo, PeerIdentity,
+    PipeInfo, PipeType, ReadMode, pipe_io_methods,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::name::PipeName;
+use crate::namespace::Namespace;
+use crate::sys::{process, socket};
+
+/// How often a server waiting for a client checks that its instance is still reachable (a
+/// client that claimed it may have died before connecting).
+const REACH_CHECK: Duration = Duration::from_millis(100);
+
+/// The parameters of `CreateNamedPipe`, as a builder.
+///
+/// Defaults: byte type and byte read mode, duplex, unlimited instances, 4 KiB advisory
+/// buffers, a 50 ms default timeout, 64 MiB maximum message size, same-user clients only, the
+/// namespace of the environment ([`Namespace::from_env`]).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    namespace: Option<Namespace>,
+    pipe_type: PipeType,
+    read_mode: ReadMode,
+    open_mode: OpenMode,
+    max_instances: MaxInstances,
+    first_instance: bool,
+    out_buffer_size: u32,
+    in_buffer_size: u32,
+    default_timeout: Duration,
+    max_message_size: u32,
+    allowed_uids: Vec<u32>,
+    any_user: bool,
+    reject_remote: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            namespace: None,
+            pipe_type: PipeType::Byte,
+            read_mode: ReadMode::Byte,
+            open_mode: OpenMode::Duplex,
+            max_instances: MaxInstances::Unlimited,
+            first_instance: false,
+            out_buffer_size: 4096,
+            in_buffer_size: 4096,
+            default_timeout: DEFAULT_TIMEOUT,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            allowed_uids: Vec::new(),
+            any_user: false,
+            reject_remote: true,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// A byte-type pipe read in byte mode (`PIPE_TYPE_BYTE | PIPE_READMODE_BYTE`).
+    pub fn new() -> ServerOptions {
+        ServerOptions::default()
+    }
+
+    /// A message-type pipe read in message mode (`PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE`).
+    pub fn message() -> ServerOptions {
+        ServerOptions {
+            pipe_type: PipeType::Message,
+            read_mode: ReadMode::Message,
+            ..ServerOptions::default()
+        }
+    }
+
+    /// The namespace the pipe lives in (default: [`Namespace::from_env`]).
+    pub fn namespace(mut self, ns: Namespace) -> Self {
+        self.namespace = Some(ns);
+        self
+    }
+
+    /// `PIPE_TYPE_BYTE` or `PIPE_TYPE_MESSAGE` (also sets the read mode to match).
+    pub fn pipe_type(mut self, t: PipeType) -> Self {
+        self.pipe_type = t;
+        self.read_mode = match t {
+            PipeType::Byte => ReadMode::Byte,
+            PipeType::Message => ReadMode::Message,
+        };
+        self
+    }
+
+    /// The server end's initial read mode (`PIPE_READMODE_*`).
+    pub fn read_mode(mut self, m: ReadMode) -> Self {
+        self.read_mode = m;
+        self
+    }
+
+    /// `PIPE_ACCESS_DUPLEX`, `PIPE_ACCESS_INBOUND` or `PIPE_ACCESS_OUTBOUND`.
+    pub fn open_mode(mut self, m: OpenMode) -> Self {
+        self.open_mode = m;
+        self
+    }
+
+    /// `nMaxInstances`: 1 to 254 ([`ErrorKind::InvalidParameter`] otherwise). Only the first
+    /// instance's value counts.
+    pub fn max_instances(mut self, n: u8) -> Result<Self> {
+        if !(1..=254).contains(&n) {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                "max instances must be 1 to 254 (or unlimited)",
+            ));
+        }
+        self.max_instances = MaxInstances::Limited(n);
+        Ok(self)
+    }
+
+    /// `PIPE_UNLIMITED_INSTANCES`.
+    pub fn unlimited_instances(mut self) -> Self {
+        self.max_instances = MaxInstances::Unlimited;
+        self
+    }
+
+    /// `FILE_FLAG_FIRST_PIPE_INSTANCE`: fail with [`ErrorKind::AccessDenied`] if the pipe
+    /// exists.
+    pub fn first_instance(mut self, yes: bool) -> Self {
+        self.first_instance = yes;
+        self
+    }
+
+    /// `nOutBufferSize` and `nInBufferSize` (advisory, as on Windows).
+    pub fn buffer_sizes(mut self, out_size: u32, in_size: u32) -> Self {
+        self.out_buffer_size = out_size;
+        self.in_buffer_size = in_size;
+        self
+    }
+
+    /// `nDefaultTimeOut`: what [`PipeWait::Default`](super::PipeWait::Default) waits
+    /// (0 means 50 ms, as on Windows).
+    pub fn default_timeout(mut self, t: Duration) -> Self {
+        self.default_timeout = if t.is_zero() { DEFAULT_TIMEOUT } else { t };
+        self
+    }
+
+    /// The largest message either end accepts (1 to 2^31 - 1 bytes; no Windows counterpart).
+    /// Fixed by the first instance.
+    pub fn max_message_size(mut self, bytes: u32) -> Result<Self> {
+        if bytes == 0 || bytes > super::frame::MAX_FRAME_PAYLOAD {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                "max message size must be 1 to 2^31 - 1 bytes",
+            ));
+        }
+        self.max_message_size = bytes;
+        Ok(self)
+    }
+
+    /// Accepts clients running as `uid` too (the pipe's security descriptor granting that
+    /// user access). They must still be able to reach the socket.
+    pub fn allow_user(mut self, uid: u32) -> Self {
+        self.allowed_uids.push(uid);
+        self
+    }
+
+    /// Accepts clients of any user (a NULL DACL).
+    pub fn allow_any_user(mut self) -> Self {
+        self.any_user = true;
+        self
+    }
+
+    /// `PIPE_REJECT_REMOTE_CLIENTS` (the default) or `PIPE_ACCEPT_REMOTE_CLIENTS`, recorded
+    /// for the broker's gateway; local pipes serve no remote clients today.
+    pub fn reject_remote_clients(mut self, yes: bool) -> Self {
+        self.reject_remote = yes;
+        self
+    }
+
+    /// `CreateNamedPipe`: creates one instance of the local pipe `name` (`\\.\pipe\NAME`), free
+    /// for a client at once.
+    ///
+    /// Fails with [`ErrorKind::InvalidName`] for a malformed name,
+    /// [`ErrorKind::NeedsGateway`] for `\\HOST\pipe\...`, [`ErrorKind::PipeBusy`] when the pipe
+    /// has its maximum number of instances, [`ErrorKind::AccessDenied`] when the pipe exists
+    /// with another type or open mode, or exists at all with
+    /// [`first_instance`](Self::first_instance).
+    pub fn create(&self, name: &str) -> Result<NamedPipeServer> {
+        let name = PipeName::parse(name)?;
+        if self.read_mode == ReadMode::Message && self.pipe_type == PipeType::Byte {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                "a byte-type pipe cannot be read in message mode",
+            ));
+        }
+        let ns = self.namespace.clone().unwrap_or_else(Namespace::from_env);
+        let meta = Meta {
+            pipe_type: self.pipe_type,
+            open_mode: self.open_mode,
+            max_instances: self.max_instances,
+            out_buffer_size: self.out_buffer_size,
+            in_buffer_size: self.in_buffer_size,
+            default_timeout_ms: u32::try_from(self.default_timeout.as_millis()).unwrap_or(u32::MAX),
+            max_message_size: self.max_message_size,
+            creator_pid: 0,
+            flags: if self.reject_remote {
+                FLAG_REJECT_REMOTE
+            } else {
+                0
+            },
+        };
+        let inst = registry::create_instance(
+            &ns,
+            &CreateRequest {
+                meta,
+                first_instance: self.first_instance,
+                name: &name,
+            },
+        )?;
+        let listener = inst.listen()?;
+        Ok(NamedPipeServer {
+            name,
+            inst,
+            listener: Some(listener),
+            conn: None,
+            read_mode: self.read_mode,
+            allowed_uids: self.allowed_uids.clone(),
+            any_user: self.any_user,
+        })
+    }
+}
+
+/// One instance of a named pipe, the server end. Windows: the handle `CreateNamedPipe`
+/// returns.
+///
+/// The instance is free for a client from its creation; [`connect`](Self::connect) waits for
+/// one, [`disconnect`](Self::disconnect) drops it and frees the instance again. Dropping the
+/// value closes the instance (`CloseHandle`); the pipe disappears with its last instance,
+/// also when the serving processes are killed.
+#[derive(Debug)]
+pub struct NamedPipeServer {
+    name: PipeName,
+    inst: Instance,
+    listener: Option<OwnedFd>,
+    conn: Option<Conn>,
+    read_mode: ReadMode,
+    allowed_uids: Vec<u32>,
+    any_user: bool,
+}
+
+impl NamedPipeServer {
+    /// `CreateNamedPipe` with the defaults of [`ServerOptions::new`] (a byte pipe).
+    pub fn create(name: &str) -> Result<NamedPipeServer> {
+        ServerOptions::new().create(name)
+    }
+
+    /// The pipe's name.
+    pub fn name(&self) -> &PipeName {
+        &self.name
+    }
+
+    /// The pipe's fixed parameters. Windows: `GetNamedPipeInfo`.
+    pub fn info(&self) -> PipeInfo {
+        PipeInfo::from_meta(&self.inst.meta)
+    }
+
+    /// How many instances the pipe has now, in every process. Windows: `lpCurInstances` of
+    /// `GetNamedPipeHandleState`.
+    pub fn instances(&self) -> Result<usize> {
+        self.inst.count()
+    }
+
+    /// Waits for a client. Windows: `ConnectNamedPipe`; a client that connected before the
+    /// call (`ERROR_PIPE_CONNECTED`) or is still connected makes it return `Ok` at once.
+    ///
+    /// A client of another user that is not allowed ([`ServerOptions::allow_user`]) is sent
+    /// away (it reads [`ErrorKind::AccessDenied`]) and the wait goes on.
+    pub fn connect(&mut self) -> Result<()> {
+        self.wait_client(None)
+    }
+
+    /// [`connect`](Self::connect), giving up after `timeout` with [`ErrorKind::Timeout`]
+    /// (Windows: an overlapped `ConnectNamedPipe` and a wait that times out, `WAIT_TIMEOUT`).
+    /// The instance stays free for a client.
+    pub fn connect_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_client(Some(Instant::now() + timeout))
+    }
+
+    fn wait_client(&mut self, deadline: Option<Instant>) -> Result<()> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let mut suspect = false;
+        loop {
+            if self.listener.is_none() {
+                self.listener = Some(self.inst.listen()?);
+            }
+            let listener = self.listener.as_ref().expect("listening");
+            let slice = match deadline {
+                Some(d) => REACH_CHECK.min(d.saturating_duration_since(Instant::now())),
+                None => REACH_CHECK,
+            };
+            match socket::accept_timeout(listener, Some(slice))? {
+                Some(fd) => {
+                    // Nobody else can connect to this instance now.
+                    self.listener = None;
+                    self.inst.unlisten()?;
+                    let mut conn = Conn::new(
+                        fd,
+                        Side::Server,
+                        self.inst.meta.pipe_type,
+                        self.inst.meta.open_mode,
+                        self.read_mode,
+                        self.inst.meta.max_message_size,
+                    )?;
+                    let uid = conn.peer().uid;
+                    if !self.allowed(uid) {
+                        tracing::info!(
+                            "{}: refusing client pid {} of uid {uid}",
+                            self.name,
+                            conn.peer().pid
+                        );
+                        conn.end_with(Control::Refused);
+                        continue;
+                    }
+                    self.conn = Some(conn);
+                    return Ok(());
+                }
+                None => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Error::with_message(
+                            ErrorKind::Timeout,
+                            format!("no client connected to {} in time", self.name),
+                        ));
+                    }
+                    match self.inst.check_reachable()? {
+                        Reach::Fine => suspect = false,
+                        // Neither the name nor a claim: a client may have connected and removed
+                        // its claim just after this accept gave up; the next accept takes it.
+                        // Seen twice in a row, the name is really gone: listen anew.
+                        Reach::Relisten if !suspect => suspect = true,
+                        Reach::Relisten => {
+                            suspect = false;
+                            self.listener = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn allowed(&self, uid: u32) -> bool {
+        self.any_user || uid == process::current_uid() || self.allowed_uids.contains(&uid)
+    }
+
+    /// Drops the client: unread data is discarded, the client's reads fail with
+    /// [`ErrorKind::BrokenPipe`] and its writes with [`ErrorKind::NoData`]; the instance is
+    /// free for the next client at once. Windows: `DisconnectNamedPipe`.
+    pub fn disconnect(&mut self) -> Result<()> {
+        if let Some(conn) = self.conn.take() {
+            drop(conn);
+        }
+        if self.listener.is_none() {
+            self.listener = Some(self.inst.listen()?);
+        }
+        Ok(())
+    }
+
+    /// Whether a client is connected (it may have closed its end since).
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// The connected client's pid, uid and gid, recorded when it connected. Windows:
+    /// `GetNamedPipeClientProcessId` (and, for the user, `ImpersonateNamedPipeClient`).
+    pub fn client(&self) -> Option<PeerIdentity> {
+        self.conn.as_ref().map(Conn::peer)
+    }
+
+    /// The connected client's pid. Windows: `GetNamedPipeClientProcessId`.
+    pub fn client_process_id(&self) -> Result<u32> {
+        self.client().map(|p| p.pid).ok_or_else(not_connected)
+    }
+
+    /// The server end's read mode.
+    pub fn read_mode(&self) -> ReadMode {
+        self.read_mode
+    }
+
+    /// Switches the server end's read mode (kept across clients). Windows:
+    /// `SetNamedPipeHandleState(PIPE_READMODE_*)`; [`ReadMode::Message`] on a byte-type pipe
+    /// fails with [`ErrorKind::InvalidParameter`].
+    pub fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
+        if mode == ReadMode::Message && self.inst.meta.pipe_type == PipeType::Byte {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                "a byte-type pipe cannot be read in message mode",
+            ));
+        }
+        if let Some(c) = &mut self.conn {
+            c.set_read_mode(mode)?;
+        }
+        self.read_mode = mode;
+        Ok(())
+    }
+
+    fn conn(&mut self) -> Result<&mut Conn> {
+        self.conn.as_mut().ok_or_else(not_connected)
+    }
+
+    pipe_io_methods!();
+}
+
+fn not_connected() -> Error {
+    Error::with_message(
+        ErrorKind::BrokenPipe,
+        "no client is connected to this pipe instance (call connect first)",
+    )
+    .with_win32_code(536) // ERROR_PIPE_LISTENING
+}
+
+impl std::io::Read for NamedPipeServer {
+    /// Reads as [`NamedPipeServer::read`]; in message mode a message that does not fit is
+    /// returned in pieces; end of file after the client closed.
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        io_read(NamedPipeServer::read(self, buf), buf.len())
+    }
+}
+
+impl std::io::Write for NamedPipeServer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        NamedPipeServer::write(self, buf).map_err(io_error)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `std::io::Read` semantics for a pipe read: a partial message is data, end of pipe is EOF.
+pub(crate) fn io_read(r: Result<usize>, len: usize) -> std::io::Result<usize> {
+    match r {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == ErrorKind::MoreData => Ok(len),
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(io_error(e)),
+    }
+}
+
+pub(crate) fn io_error(e: Error) -> std::io::Error {
+    std::io::Error::from(e)
+}

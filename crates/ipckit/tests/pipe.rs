@@ -1,0 +1,1041 @@
+//! Anonymous and named pipes across real processes: echo in byte and message mode with
+//! boundaries from 0 B to 16 MiB, ERROR_MORE_DATA, peek, instances and PIPE_BUSY across server
+//! processes, WaitNamedPipe, a concurrent stress run with checksums, peer identity, SIGKILL in
+//! the middle of a message, hostile peers speaking the wire protocol directly, refused users,
+//! and anonymous pipes handed to a child as stdio and as inherited handles.
+//!
+//! Every test runs in its own namespace (the test kit's `IPCKIT_RUNTIME_DIR`), which the parent
+//! opens with `Namespace::at(t.namespace())` and every peer gets from `ctx.namespace()`.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipckit::ErrorKind;
+use ipckit::name::PipeName;
+use ipckit::namespace::Namespace;
+use ipckit::pipe::{
+    ClientOptions, NamedPipeServer, OpenMode, PipeReader, PipeWait, PipeWriter, ReadMode,
+    ServerOptions, anonymous_pipe,
+};
+use ipckit_testkit::{RoleCtx, RoleResult, TestCase, test_case, unique_name, wait_for};
+
+/// Upper bound for anything that must happen eventually.
+const T: Duration = Duration::from_secs(30);
+
+/// Set in the environment of a child started by the anonymous-pipe test: the test binary then
+/// acts as that child instead of running the test.
+const CHILD_ENV: &str = "IPCKIT_PIPE_TEST_CHILD";
+
+fn ns_of(t: &TestCase) -> Namespace {
+    Namespace::at(t.namespace())
+}
+
+fn ctx_ns(ctx: &RoleCtx) -> Namespace {
+    Namespace::at(ctx.namespace())
+}
+
+fn client(ctx: &RoleCtx) -> ClientOptions {
+    ClientOptions::new().namespace(ctx_ns(ctx))
+}
+
+fn ensure(cond: bool, msg: impl Into<String>) -> RoleResult {
+    if cond { Ok(()) } else { Err(msg.into().into()) }
+}
+
+fn pipe_name(tag: &str) -> String {
+    format!(r"\\.\pipe\{}", unique_name(tag))
+}
+
+fn kind_of<T>(r: ipckit::Result<T>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("{:?}:{}", e.kind(), e.win32_code()),
+    }
+}
+
+fn assert_kind<T: std::fmt::Debug>(r: ipckit::Result<T>, kind: ErrorKind, what: &str) {
+    match r {
+        Ok(v) => panic!("{what}: expected {kind:?}, got Ok({v:?})"),
+        Err(e) => assert_eq!(e.kind(), kind, "{what}: {e}"),
+    }
+}
+
+/// Deterministic bytes for a message of `len` bytes.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+const SIZES: &[usize] = &[
+    0,
+    1,
+    2,
+    0,
+    3,
+    100,
+    4095,
+    4096,
+    4097,
+    65_536,
+    200_000,
+    1 << 20,
+    16 << 20,
+    0,
+    7,
+];
+
+#[test]
+fn echo_message_mode_keeps_boundaries_more_data_and_peek() {
+    let t = test_case!();
+    t.role("client", |ctx| {
+        let name = ctx.arg(0).unwrap().to_owned();
+        let mut c = client(ctx).connect(&name)?;
+        ensure(c.server_process_id() == ctx.parent_pid(), "server pid")?;
+        ensure(
+            c.read_mode() == ReadMode::Byte,
+            "clients start in byte mode",
+        )?;
+        // A message-type pipe read in byte mode: two messages as one stream of 6 bytes.
+        let mut six = [0u8; 6];
+        c.read_exact(&mut six)?;
+        ensure(&six == b"abcdef", format!("byte-mode read {six:?}"))?;
+        c.set_read_mode(ReadMode::Message)?;
+        for (i, &size) in SIZES.iter().enumerate() {
+            let m = pattern(size, i as u64);
+            ensure(c.write(&m)? == size, "write length")?;
+            let back = c.read_message()?;
+            ensure(
+                back == m,
+                format!("message {i} of {size} bytes came back changed"),
+            )?;
+        }
+        // ERROR_MORE_DATA: a 1000-byte message read 7 bytes at a time, then the next one whole.
+        let mut got = Vec::new();
+        let mut buf = [0u8; 7];
+        let mut partials = 0;
+        loop {
+            match c.read(&mut buf) {
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::MoreData => {
+                    ensure(e.win32_code() == 234, "ERROR_MORE_DATA")?;
+                    got.extend_from_slice(&buf);
+                    partials += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        ensure(got == pattern(1000, 99), "reassembled message differs")?;
+        ensure(partials == 1000 / 7, format!("{partials} partial reads"))?;
+        let mut big = [0u8; 64];
+        ensure(c.read(&mut big)? == 2, "the next message is separate")?;
+        ensure(&big[..2] == b"ok", "next message")?;
+        // An empty message is a message.
+        ensure(c.read(&mut big)? == 0, "empty message")?;
+        c.write(b"after")?;
+        // Peek does not consume.
+        ctx.expect("sent", T)?;
+        let mut pb = [0u8; 3];
+        let p = c.peek(&mut pb)?;
+        ensure(
+            p.available == 5 && p.message_left == 5 && p.bytes_read == 3 && &pb == b"abc",
+            format!("peek {p:?} {pb:?}"),
+        )?;
+        let mut pb2 = [0u8; 16];
+        let p2 = c.peek(&mut pb2)?;
+        ensure(
+            p2.bytes_read == 5 && &pb2[..5] == b"abcde",
+            format!("peek {p2:?}"),
+        )?;
+        ensure(c.read_message()? == b"abcde", "read after peek")?;
+        ensure(c.peek(&mut pb)?.available == 0, "nothing left")?;
+        ctx.send_str("done")?;
+        Ok(())
+    });
+
+    let name = pipe_name("echo-msg");
+    let mut s = ServerOptions::message()
+        .namespace(ns_of(&t))
+        .create(&name)
+        .unwrap();
+    let mut peer = t.spawn("client").arg(&name).start();
+    s.connect().unwrap();
+    assert_eq!(s.client().unwrap().pid, peer.pid());
+    s.write(b"abc").unwrap();
+    s.write(b"def").unwrap();
+    for &size in SIZES {
+        let m = s.read_message().unwrap();
+        assert_eq!(m.len(), size);
+        s.write(&m).unwrap();
+    }
+    s.write(&pattern(1000, 99)).unwrap();
+    s.write(b"ok").unwrap();
+    s.write(b"").unwrap();
+    assert_eq!(s.read_message().unwrap(), b"after");
+    s.write(b"abcde").unwrap();
+    peer.send_str("sent").unwrap();
+    peer.expect("done", T).unwrap();
+    assert!(peer.wait_timeout(T).unwrap().success(), "{}", peer.report());
+    // The client is gone: reading gives ERROR_BROKEN_PIPE, writing ERROR_NO_DATA.
+    let e = s.read(&mut [0u8; 8]).unwrap_err();
+    assert_eq!((e.kind(), e.win32_code()), (ErrorKind::BrokenPipe, 109));
+    let e = s.write(b"x").unwrap_err();
+    assert_eq!((e.kind(), e.win32_code()), (ErrorKind::NoData, 232));
+}
+
+#[test]
+fn echo_byte_mode_with_a_long_name() {
+    let t = test_case!();
+    t.role("client", |ctx| {
+        let name = ctx.arg(0).unwrap().to_owned();
+        let mut c = client(ctx).connect(&name)?;
+        ensure(
+            c.set_read_mode(ReadMode::Message).unwrap_err().kind() == ErrorKind::InvalidParameter,
+            "message mode on a byte pipe",
+        )?;
+        c.write(b"hello ")?;
+        c.write(b"")?;
+        c.write(b"world")?;
+        let mut back = vec![0u8; 300_000];
+        c.read_exact(&mut back)?;
+        ensure(back == pattern(300_000, 5), "byte stream differs")?;
+        Ok(())
+    });
+
+    // A name whose socket paths exceed sockaddr_un's 107 bytes inside the test's folder.
+    let name = format!(r"\\.\pipe\{}", unique_name(&"long".repeat(10)));
+    let ns = ns_of(&t);
+    assert!(
+        ns.pipe_path(&PipeName::parse(&name).unwrap())
+            .unwrap()
+            .as_os_str()
+            .len()
+            + 40
+            > 107
+    );
+    let mut s = ServerOptions::new().namespace(ns).create(&name).unwrap();
+    let mut peer = t.spawn("client").arg(&name).start();
+    s.connect().unwrap();
+    assert_kind(
+        s.set_read_mode(ReadMode::Message),
+        ErrorKind::InvalidParameter,
+        "server message mode on a byte pipe",
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4];
+    while got.len() < 11 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"hello world");
+    s.write(&pattern(300_000, 5)).unwrap();
+    assert!(peer.wait_timeout(T).unwrap().success(), "{}", peer.report());
+    assert_kind(s.read(&mut buf), ErrorKind::BrokenPipe, "after client exit");
+}
+
+#[test]
+fn max_instances_pipe_busy_wait_and_two_server_processes() {
+    let t = test_case!();
+    t.role("server2", |ctx| {
+        let name = ctx.arg(0).unwrap().to_owned();
+        let mut s = ServerOptions::message()
+            .max_instances(2)?
+            .namespace(ctx_ns(ctx))
+            .create(&name)?;
+        ctx.send_str("ready")?;
+        s.connect()?;
+        ensure(s.read_message()? == b"who", "who")?;
+        s.write(std::process::id().to_string().as_bytes())?;
+        ensure(
+            s.read_message().unwrap_err().kind() == ErrorKind::BrokenPipe,
+            "client left",
+        )?;
+        ctx.send_str("served")?;
+        Ok(())
+    });
+    t.role("client", |ctx| {
+        let name = ctx.arg(0).unwrap().to_owned();
+        let opts = client(ctx);
+        let mut c = match opts.connect(&name) {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::PipeBusy => {
+                ctx.send_str(&format!("busy:{}", e.win32_code()))?;
+                let r = opts.wait_named_pipe(&name, PipeWait::Timeout(Duration::from_millis(50)));
+                ctx.send_str(&kind_of(r))?;
+                ctx.expect("wait", T)?;
+                opts.wait_named_pipe(&name, PipeWait::Timeout(T))?;
+                opts.clone().wait(PipeWait::Timeout(T)).connect(&name)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        ctx.send_str("connected")?;
+        c.set_read_mode(ReadMode::Message)?;
+        let pid = c.transact_message(b"who")?;
+        ensure(
+            String::from_utf8_lossy(&pid) == c.server_process_id().to_string(),
+            "server pid",
+        )?;
+        ctx.send_str(&format!("server:{}", String::from_utf8_lossy(&pid)))?;
+        ctx.expect("bye", T)?;
+        Ok(())
+    });
+
+    let name = pipe_name("busy");
+    let opts = ServerOptions::message()
+        .max_instances(2)
+        .unwrap()
+        .namespace(ns_of(&t));
+    let mut s1 = opts.create(&name).unwrap();
+    let mut p2 = t.spawn("server2").arg(&name).start();
+    p2.expect("ready", T).unwrap();
+    assert_eq!(s1.instances().unwrap(), 2);
+    // A third instance passes the maximum, counted over both processes.
+    let e = opts.create(&name).unwrap_err();
+    assert_eq!((e.kind(), e.win32_code()), (ErrorKind::PipeBusy, 231));
+
+    let mut a = t.spawn("client").arg(&name).start();
+    a.expect("connected", T).unwrap();
+    let mut b = t.spawn("client").arg(&name).start();
+    b.expect("connected", T).unwrap();
+    s1.connect().unwrap();
+    assert_eq!(s1.read_message().unwrap(), b"who");
+    s1.write(std::process::id().to_string().as_bytes()).unwrap();
+    let sa = a.recv_str_timeout(T).unwrap();
+    let sb = b.recv_str_timeout(T).unwrap();
+    let servers: BTreeSet<String> = [sa.clone(), sb].into_iter().collect();
+    let expected: BTreeSet<String> = [
+        format!("server:{}", std::process::id()),
+        format!("server:{}", p2.pid()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(servers, expected, "both server processes serve a client");
+
+    // Both instances are busy: the third client gets ERROR_PIPE_BUSY, WaitNamedPipe times out.
+    let mut c = t.spawn("client").arg(&name).start();
+    c.expect("busy:231", T).unwrap();
+    c.expect("Timeout:121", T).unwrap();
+
+    // The client of this process's instance leaves; the instance serves the third client.
+    let (mine, other) = if sa == format!("server:{}", std::process::id()) {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    mine.send_str("bye").unwrap();
+    assert!(mine.wait_timeout(T).unwrap().success());
+    assert_kind(
+        s1.read_message(),
+        ErrorKind::BrokenPipe,
+        "first client left",
+    );
+    s1.disconnect().unwrap();
+    c.send_str("wait").unwrap();
+    c.expect("connected", T).unwrap();
+    s1.connect().unwrap();
+    assert_eq!(s1.read_message().unwrap(), b"who");
+    s1.write(std::process::id().to_string().as_bytes()).unwrap();
+    c.expect(&format!("server:{}", std::process::id()), T)
+        .unwrap();
+    c.send_str("bye").unwrap();
+    other.send_str("bye").unwrap();
+    p2.expect("served", T).unwrap();
+    for p in [&mut c, other, &mut p2] {
+        assert!(p.wait_timeout(T).unwrap().success(), "{}", p.report());
+    }
+}
+
+const STRESS_CLIENTS: u32 = 8;
+const STRESS_PER_CLIENT: u32 = 10_000 / STRESS_CLIENTS;
+
+#[test]
+fn ten_thousand_messages_from_eight_client_processes() {
+    let t = test_case!();
+    t.role("stress", |ctx| {
+        let name = ctx.arg(0).unwrap().to_owned();
+        let id: u32 = ctx.arg(1).unwrap().parse()?;
+        let mut c = client(ctx).wait(PipeWait::Timeout(T)).connect(&name)?;
+        c.set_read_mode(ReadMode::Message)?;
+        let mut rng = u64::from(id) * 7919 + 1;
+        for seq in 0..STRESS_PER_CLIENT {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = match rng % 10 {
+                0 => 0,
+                1 => (rng >> 8) as usize % 300_000,
+                _ => (rng >> 8) as usize % 4096,
+            };
+            let payload = pattern(len, rng);
+            let mut m = Vec::with_capacity(16 + len);
+            m.extend_from_slice(&id.to_le_bytes());
+            m.extend_from_slice(&seq.to_le_bytes());
+            m.extend_from_slice(&fnv(&payload).to_le_bytes());
+            m.extend_from_slice(&payload);
+            c.write(&m)?;
+            let back = c.read_message()?;
+            ensure(back == m, format!("client {id}: echo of {seq} differs"))?;
+        }
+        ensure(c.transact_message(b"end")? == b"end", "end")?;
+        ctx.send_str("done")?;
+        Ok(())
+    });
+
+    let name = pipe_name("stress");
+    let opts = ServerOptions::message().namespace(ns_of(&t));
+    let servers: Vec<NamedPipeServer> = (0..STRESS_CLIENTS)
+        .map(|_| opts.create(&name).unwrap())
+        .collect();
+    let threads: Vec<_> = servers
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || -> Result<(u32, u32, u32), String> {
+                s.connect_timeout(T).map_err(|e| e.to_string())?;
+                let pid = s.client().unwrap().pid;
+                let mut client_id = None;
+                let mut next = 0u32;
+                loop {
+                    let m = s.read_message().map_err(|e| e.to_string())?;
+                    if m == b"end" {
+                        s.write(b"end").map_err(|e| e.to_string())?;
+                        return Ok((client_id.unwrap_or(u32::MAX), next, pid));
+                    }
+                    if m.len() < 16 {
+                        return Err(format!("short message {m:?}"));
+                    }
+                    let id = u32::from_le_bytes(m[0..4].try_into().unwrap());
+                    let seq = u32::from_le_bytes(m[4..8].try_into().unwrap());
+                    let sum = u64::from_le_bytes(m[8..16].try_into().unwrap());
+                    if *client_id.get_or_insert(id) != id {
+                        return Err(format!("client {id} on the connection of another"));
+                    }
+                    if seq != next {
+                        return Err(format!("client {id}: got #{seq}, expected #{next}"));
+                    }
+                    if fnv(&m[16..]) != sum {
+                        return Err(format!("client {id}: checksum of #{seq} differs"));
+                    }
+                    next += 1;
+                    s.write(&m).map_err(|e| e.to_string())?;
+                }
+            })
+        })
+        .collect();
+    let mut peers: Vec<_> = (0..STRESS_CLIENTS)
+        .map(|i| t.spawn("stress").arg(&name).arg(i.to_string()).start())
+        .collect();
+    for p in &mut peers {
+        p.expect("done", Duration::from_secs(120)).unwrap();
+        assert!(p.wait_timeout(T).unwrap().success(), "{}", p.report());
+    }
+    let mut seen = BTreeSet::new();
+    let pids: BTreeSet<u32> = peers.iter().map(|p| p.pid()).collect();
+    for th in threads {
+        let (id, count, pid) = th.join().unwrap().unwrap();
+        assert_eq!(count, STRESS_PER_CLIENT, "client {id}");
+        assert!(pids.contains(&pid));
+        assert!(seen.insert(id), "client {id} twice");
+    }
+    assert_eq!(seen, (0..STRESS_CLIENTS).collect());
+}
+
+#[test]
+fn peer_identity_and_sigkill_in_the_middle_of_a_message() {
+    let t = test_case!();
+    t.role("hello", |ctx| {
+        let mut c = client(ctx).connect(ctx.arg(0).unwrap())?;
+        c.write(b"hello")?;
+        ctx.send_str(&format!("server:{}", c.server_process_id()))?;
+        ctx.expect("bye", T)?;
+        Ok(())
+    });
+    t.role("big_writer", |ctx| {
+        let mut c = client(ctx).connect(ctx.arg(0).unwrap())?;
+        ctx.send_str("writing")?;
+        c.write(&vec![7u8; 16 << 20])?;
+        ctx.expect("never", T)?;
+        Ok(())
+    });
+    t.role("echo_once", |ctx| {
+        let mut c = client(ctx).connect(ctx.arg(0).unwrap())?;
+        c.set_read_mode(ReadMode::Message)?;
+        ensure(c.transact_message(b"ping")? == b"pong", "pong")?;
+        ctx.send_str("ok")?;
+        Ok(())
+    });
+    t.role("big_server", |ctx| {
+        let mut s = ServerOptions::message()
+            .namespace(ctx_ns(ctx))
+            .create(ctx.arg(0).unwrap())?;
+        ctx.send_str("ready")?;
+        s.connect()?;
+        s.write(&vec![9u8; 16 << 20])?;
+        ctx.expect("never", T)?;
+        Ok(())
+    });
+
+    let name = pipe_name("ident");
+    let mut s = ServerOptions::message()
+        .namespace(ns_of(&t))
+        .create(&name)
+        .unwrap();
+
+    // Who is there.
+    let mut p = t.spawn("hello").arg(&name).start();
+    s.connect().unwrap();
+    let who = s.client().unwrap();
+    assert_eq!(who.pid, p.pid());
+    assert_eq!(s.client_process_id().unwrap(), p.pid());
+    assert_eq!(who.uid, rustix::process::geteuid().as_raw());
+    assert_eq!(who.gid, rustix::process::getegid().as_raw());
+    assert_eq!(s.read_message().unwrap(), b"hello");
+    p.expect(&format!("server:{}", std::process::id()), T)
+        .unwrap();
+    p.send_str("bye").unwrap();
+    assert!(p.wait_timeout(T).unwrap().success());
+    assert_kind(s.read_message(), ErrorKind::BrokenPipe, "after bye");
+    s.disconnect().unwrap();
+
+    // A client killed while its 16 MiB message is on the way.
+    let mut p = t.spawn("big_writer").arg(&name).start();
+    s.connect().unwrap();
+    p.expect("writing", T).unwrap();
+    assert!(
+        wait_for(T, || s
+            .peek(&mut [])
+            .is_ok_and(|i| i.message_left == 16 << 20 && i.available > 0)),
+        "the message never started"
+    );
+    p.kill().unwrap();
+    let e = s.read_message().unwrap_err();
+    assert_eq!((e.kind(), e.win32_code()), (ErrorKind::BrokenPipe, 109));
+    s.disconnect().unwrap();
+
+    // The server goes on serving.
+    let mut p = t.spawn("echo_once").arg(&name).start();
+    s.connect().unwrap();
+    assert_eq!(s.read_message().unwrap(), b"ping");
+    s.write(b"pong").unwrap();
+    p.expect("ok", T).unwrap();
+    assert!(p.wait_timeout(T).unwrap().success());
+
+    // A server killed while its 16 MiB message is on the way.
+    let name2 = pipe_name("ident2");
+    let mut ps = t.spawn("big_server").arg(&name2).start();
+    ps.expect("ready", T).unwrap();
+    let copts = ClientOptions::new().namespace(ns_of(&t));
+    let mut c = copts.connect(&name2).unwrap();
+    assert_eq!(c.server_process_id(), ps.pid());
+    c.set_read_mode(ReadMode::Message).unwrap();
+    assert!(
+        wait_for(T, || c
+            .peek(&mut [])
+            .is_ok_and(|i| i.message_left == 16 << 20 && i.available > 0)),
+        "the message never started"
+    );
+    ps.kill().unwrap();
+    assert_kind(c.read_message(), ErrorKind::BrokenPipe, "server killed");
+    assert_kind(c.write(b"x"), ErrorKind::NoData, "write after server died");
+    // The pipe died with its only server.
+    assert_kind(copts.connect(&name2), ErrorKind::NotFound, "dead pipe");
+}
+
+/// Connects to a free instance of `name` by the wire protocol of `docs/protocol/pipe.md`,
+/// without the library: claim a listening socket by renaming it, connect, remove the claim.
+fn raw_connect(ns: &Namespace, name: &str) -> std::io::Result<UnixStream> {
+    let dir: PathBuf = ns.pipe_path(&PipeName::parse(name).unwrap()).unwrap();
+    for e in std::fs::read_dir(&dir)? {
+        let f = e?.file_name().into_string().unwrap();
+        let Some(inst) = f.strip_prefix("i-").and_then(|r| r.strip_suffix(".sock")) else {
+            continue;
+        };
+        let claim = format!("c-{inst}.{}-0.sock", std::process::id());
+        if std::fs::rename(dir.join(&f), dir.join(&claim)).is_err() {
+            continue;
+        }
+        let s = UnixStream::connect(dir.join(&claim))?;
+        // The server may have removed the claim already, once it accepted.
+        match std::fs::remove_file(dir.join(&claim)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => return Ok(s),
+        }
+    }
+    Err(std::io::Error::other("no free instance"))
+}
+
+fn read_all(mut s: UnixStream) -> Vec<u8> {
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut v = Vec::new();
+    let _ = s.read_to_end(&mut v);
+    v
+}
+
+#[test]
+fn hostile_clients_end_only_their_own_connection() {
+    let t = test_case!();
+    t.role("raw", |ctx| {
+        let name = ctx.arg(0).unwrap().to_owned();
+        let mode = ctx.arg(1).unwrap().to_owned();
+        let mut s = raw_connect(&ctx_ns(ctx), &name)?;
+        match mode.as_str() {
+            "oversize" => {
+                s.write_all(&(1u32 << 30).to_le_bytes())?;
+                s.write_all(&[1u8; 100])?;
+                // The server answers with the TOO_LARGE control frame and ends the connection.
+                let got = read_all(s);
+                ensure(got == [2, 0, 0, 0x80], format!("got {got:?}"))?;
+            }
+            "garbage" => {
+                s.write_all(&0x8000_0077u32.to_le_bytes())?;
+                let got = read_all(s);
+                ensure(got.is_empty(), format!("got {got:?}"))?;
+            }
+            "vanish" => {
+                s.write_all(&100u32.to_le_bytes())?;
+                s.write_all(&[5u8; 10])?;
+                ctx.expect("go", T)?;
+                return Ok(()); // exits in the middle of the message
+            }
+            _ => return Err("unknown mode".into()),
+        }
+        ctx.send_str("done")?;
+        Ok(())
+    });
+    t.role("good", |ctx| {
+        let mut c = client(ctx).connect(ctx.arg(0).unwrap())?;
+        c.set_read_mode(ReadMode::Message)?;
+        ensure(c.info().max_message_size == 1024, "limit")?;
+        // Over the limit: refused locally, nothing sent, the connection stays usable.
+        let e = c.write(&[0u8; 1025]).unwrap_err();
+        ensure(e.kind() == ErrorKind::MessageTooLarge, format!("{e}"))?;
+        ensure(c.transact_message(&[3u8; 1024])? == [3u8; 1024], "echo")?;
+        ctx.send_str("done")?;
+        Ok(())
+    });
+
+    let ns = ns_of(&t);
+    // Names are validated before anything touches the file system.
+    for bad in [
+        "",
+        r"\\.\pipe\",
+        r"\\.\pipe\..",
+        r"\\.\pipe\a/b",
+        "\\\\.\\pipe\\a\0b",
+        r"\\.\mailslot\x",
+        r"pipe\x",
+        r"\\.\pipe\a\..\..\b",
+    ] {
+        assert_kind(
+            ServerOptions::new().namespace(ns.clone()).create(bad),
+            ErrorKind::InvalidName,
+            bad,
+        );
+        assert_kind(
+            ClientOptions::new().namespace(ns.clone()).connect(bad),
+            ErrorKind::InvalidName,
+            bad,
+        );
+    }
+    let copts = ClientOptions::new().namespace(ns.clone());
+    assert_kind(
+        copts.connect(r"\\far-host\pipe\x"),
+        ErrorKind::NeedsGateway,
+        "remote",
+    );
+    assert_kind(
+        ServerOptions::new()
+            .namespace(ns.clone())
+            .create(r"\\far-host\pipe\x"),
+        ErrorKind::NeedsGateway,
+        "remote server",
+    );
+    let e = copts.connect(r"\\.\pipe\nobody-here").unwrap_err();
+    assert_eq!((e.kind(), e.win32_code()), (ErrorKind::NotFound, 2));
+    assert_kind(
+        copts.wait_named_pipe(r"\\.\pipe\nobody-here", PipeWait::Default),
+        ErrorKind::NotFound,
+        "wait on no pipe",
+    );
+    assert_kind(
+        ServerOptions::new().max_instances(0),
+        ErrorKind::InvalidParameter,
+        "0",
+    );
+    assert_kind(
+        ServerOptions::new().max_instances(255),
+        ErrorKind::InvalidParameter,
+        "255",
+    );
+
+    let name = pipe_name("hostile");
+    let opts = ServerOptions::message()
+        .namespace(ns.clone())
+        .max_message_size(1024)
+        .unwrap();
+    let mut s = opts.create(&name).unwrap();
+    // FILE_FLAG_FIRST_PIPE_INSTANCE, and a second instance of another type.
+    assert_kind(
+        opts.clone().first_instance(true).create(&name),
+        ErrorKind::AccessDenied,
+        "first instance",
+    );
+    assert_kind(
+        ServerOptions::new().namespace(ns.clone()).create(&name),
+        ErrorKind::AccessDenied,
+        "byte instance of a message pipe",
+    );
+    assert_kind(
+        opts.clone().open_mode(OpenMode::Inbound).create(&name),
+        ErrorKind::AccessDenied,
+        "other open mode",
+    );
+
+    for (mode, kind) in [
+        ("oversize", ErrorKind::MessageTooLarge),
+        ("garbage", ErrorKind::Protocol),
+        ("vanish", ErrorKind::BrokenPipe),
+    ] {
+        let mut p = t.spawn("raw").arg(&name).arg(mode).start();
+        s.connect().unwrap();
+        if mode == "vanish" {
+            p.send_str("go").unwrap();
+        }
+        assert_kind(s.read_message(), kind, mode);
+        assert_kind(
+            s.read_message(),
+            ErrorKind::BrokenPipe,
+            "then the pipe is ended",
+        );
+        if mode != "vanish" {
+            p.expect("done", T).unwrap();
+        }
+        assert!(
+            p.wait_timeout(T).unwrap().success(),
+            "{mode}: {}",
+            p.report()
+        );
+        s.disconnect().unwrap();
+
+        // The same instance serves a well-behaved client next.
+        let mut g = t.spawn("good").arg(&name).start();
+        s.connect().unwrap();
+        let m = s.read_message().unwrap();
+        assert_eq!(m, [3u8; 1024]);
+        s.write(&m).unwrap();
+        g.expect("done", T).unwrap();
+        assert!(g.wait_timeout(T).unwrap().success(), "{}", g.report());
+        s.disconnect().unwrap();
+    }
+}
+
+#[test]
+fn clients_of_another_user_are_refused_unless_allowed() {
+    let t = test_case!();
+    t.role("server", |ctx| {
+        let mut opts = ServerOptions::message().namespace(ctx_ns(ctx));
+        if ctx.arg(1) == Some("allow") {
+            opts = opts.allow_user(65534);
+        }
+        let mut s = opts.create(ctx.arg(0).unwrap())?;
+        ctx.send_str("ready")?;
+        loop {
+            s.connect()?;
+            let who = s.client().unwrap();
+            let m = s.read_message()?;
+            s.write(&m)?;
+            ctx.send_str(&format!("served:{}", who.uid))?;
+            let _ = s.read_message();
+            s.disconnect()?;
+        }
+    });
+    t.role("foreign", |ctx| {
+        // This thread becomes uid 65534 for the kernel's peer credentials, keeping (through
+        // SECBIT_NO_SETUID_FIXUP) the capability to reach root's private folders.
+        use rustix::process::{Gid, Uid};
+        use rustix::thread::{CapabilitiesSecureBits, set_capabilities_secure_bits};
+        set_capabilities_secure_bits(CapabilitiesSecureBits::NO_SETUID_FIXUP)?;
+        rustix::thread::set_thread_res_gid(Gid::ROOT, Gid::from_raw(65534), Gid::ROOT)?;
+        rustix::thread::set_thread_res_uid(Uid::ROOT, Uid::from_raw(65534), Uid::ROOT)?;
+        ensure(rustix::process::geteuid().as_raw() == 65534, "euid")?;
+        let mut s = raw_connect(&ctx_ns(ctx), ctx.arg(0).unwrap())?;
+        // A refused client may find the connection closed already (EPIPE); its reply is read
+        // below either way.
+        let _ = s.write_all(&[2, 0, 0, 0, b'h', b'i']);
+        s.set_read_timeout(Some(T))?;
+        let mut h = [0u8; 4];
+        s.read_exact(&mut h)?;
+        let verdict = match h {
+            [1, 0, 0, 0x80] => "refused".to_owned(),
+            [2, 0, 0, 0] => {
+                let mut body = [0u8; 2];
+                s.read_exact(&mut body)?;
+                if &body == b"hi" {
+                    "echoed".to_owned()
+                } else {
+                    format!("unexpected reply {body:?}")
+                }
+            }
+            other => format!("unexpected {other:?}"),
+        };
+        ctx.send_str(&verdict)?;
+        Ok(())
+    });
+    t.role("friend", |ctx| {
+        let mut c = client(ctx).connect(ctx.arg(0).unwrap())?;
+        c.set_read_mode(ReadMode::Message)?;
+        ensure(c.transact_message(b"yo")? == b"yo", "echo")?;
+        Ok(())
+    });
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let me = rustix::process::geteuid().as_raw();
+    for allow in [false, true] {
+        let name = pipe_name("users");
+        let mut srv = t
+            .spawn("server")
+            .arg(&name)
+            .arg(if allow { "allow" } else { "deny" })
+            .start();
+        srv.expect("ready", T).unwrap();
+        let mut f = t.spawn("foreign").arg(&name).start();
+        if allow {
+            f.expect("echoed", T).unwrap();
+            srv.expect("served:65534", T).unwrap();
+        } else {
+            f.expect("refused", T).unwrap();
+        }
+        assert!(f.wait_timeout(T).unwrap().success(), "{}", f.report());
+        // The server goes on serving its own user.
+        let mut g = t.spawn("friend").arg(&name).start();
+        srv.expect(&format!("served:{me}"), T).unwrap();
+        assert!(g.wait_timeout(T).unwrap().success(), "{}", g.report());
+    }
+}
+
+/// The child of `anonymous_pipes_to_a_child`: reads its stdin and the inherited handles,
+/// reports on stdout, lists its descriptors.
+fn pipe_child() -> ! {
+    let run = || -> Result<String, Box<dyn std::error::Error>> {
+        let mut stdin = String::new();
+        std::io::stdin().read_to_string(&mut stdin)?;
+        let mut extra = PipeReader::from_inherited_env("EXTRA_IN")?;
+        let mut extra_text = String::new();
+        extra.read_to_string(&mut extra_text)?;
+        let eof = kind_of(extra.read(&mut [0u8; 4]));
+        let mut out = PipeWriter::from_inherited_env("EXTRA_OUT")?;
+        out.write_all(b"from-child")?;
+        let unused = PipeReader::from_inherited_env("EXTRA_UNUSED")?;
+        // A second claim of the same number fails.
+        let again = kind_of(PipeReader::from_inherited_env("EXTRA_IN"));
+        let mut fds = Vec::new();
+        for e in std::fs::read_dir("/proc/self/fd")? {
+            let e = e?;
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            if target.starts_with("/proc") {
+                continue; // the listing's own descriptor
+            }
+            fds.push(e.file_name().into_string().unwrap().parse::<i32>()?);
+        }
+        fds.sort_unstable();
+        use std::os::fd::{AsFd, AsRawFd};
+        let numbers = [
+            extra.as_fd().as_raw_fd(),
+            out.as_fd().as_raw_fd(),
+            unused.as_fd().as_raw_fd(),
+        ];
+        Ok(format!(
+            "stdin={stdin};extra={extra_text};eof={eof};again={again};fds={fds:?};inherited={numbers:?}"
+        ))
+    };
+    match run() {
+        Ok(report) => {
+            print!("<<REPORT>>{report}");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            eprintln!("pipe child failed: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn parse_list(s: &str) -> Vec<i32> {
+    s.trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .filter(|n| !n.is_empty())
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+/// This process's descriptors that are not close-on-exec (`flags` in `/proc/self/fdinfo`,
+/// `O_CLOEXEC` = 0o2000000).
+fn inheritable_fds() -> std::io::Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fdinfo")? {
+        let e = e?;
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap_or(0);
+        if flags & 0o2000000 == 0 {
+            out.push(e.file_name().into_string().unwrap().parse().unwrap());
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+#[test]
+fn anonymous_pipes_to_a_child() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        pipe_child();
+    }
+    let t = test_case!();
+    t.role("spawner", |ctx| {
+        // Taken before any pipe exists, so that a pipe end leaking would not be excused.
+        let before = inheritable_fds()?;
+        let (in_r, mut in_w) = anonymous_pipe()?;
+        let (mut out_r, out_w) = anonymous_pipe()?;
+        let (x_r, mut x_w) = anonymous_pipe()?;
+        let (mut y_r, y_w) = anonymous_pipe()?;
+        let (z_r, mut z_w) = anonymous_pipe()?;
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args([
+            ctx.test_name(),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdin(in_r)
+        .stdout(out_w);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("IPCKIT_TESTKIT_") {
+                cmd.env_remove(k);
+            }
+        }
+        let nx = x_r.inherit_env(&mut cmd, "EXTRA_IN");
+        let ny = y_w.inherit_env(&mut cmd, "EXTRA_OUT");
+        let nz = z_r.inherit_env(&mut cmd, "EXTRA_UNUSED");
+        let mut child = cmd.spawn()?;
+        drop(cmd); // this process's copies of the child's ends
+        in_w.write_all(b"to-stdin")?;
+        drop(in_w);
+        x_w.write_all(b"to-extra")?;
+        drop(x_w);
+        let mut stdout = String::new();
+        out_r.read_to_string(&mut stdout)?;
+        // libtest prints its own lines before the child's report.
+        let report = stdout
+            .rsplit_once("<<REPORT>>")
+            .map(|(_, r)| r.to_owned())
+            .ok_or_else(|| format!("no report in {stdout:?}"))?;
+        let mut from_child = String::new();
+        y_r.read_to_string(&mut from_child)?;
+        // Every write end is closed: ERROR_BROKEN_PIPE.
+        let eof = kind_of(y_r.read(&mut [0u8; 4]));
+        let status = child.wait()?;
+        ensure(status.success(), format!("child: {status}"))?;
+        // Every read end is closed: ERROR_NO_DATA, and this process is still alive.
+        let nodata = kind_of(z_w.write(b"anyone?"));
+        ctx.send_str(&format!(
+            "{report}|{from_child}|{eof}|{nodata}|{:?}|{:?}",
+            [nx, ny, nz],
+            before
+        ))?;
+        Ok(())
+    });
+
+    let mut p = t.spawn("spawner").start();
+    let got = p.recv_str_timeout(T).unwrap();
+    assert!(p.wait_timeout(T).unwrap().success(), "{}", p.report());
+    let parts: Vec<&str> = got.split('|').collect();
+    assert_eq!(parts.len(), 6, "{got}");
+    let numbers = parts[4];
+    assert_eq!(parts[1], "from-child");
+    assert_eq!(parts[2], "BrokenPipe:109");
+    assert_eq!(parts[3], "NoData:232");
+    let report = parts[0];
+    assert!(
+        report.starts_with(
+            "stdin=to-stdin;extra=to-extra;eof=BrokenPipe:109;again=InvalidParameter:87;"
+        ),
+        "{report}"
+    );
+    // Only the standard streams and the three handed-over ends reached the child, under the
+    // numbers the parent was told.
+    let nums = parse_list(numbers);
+    // Descriptors the spawner itself inherited without close-on-exec (from the environment
+    // that started the tests) pass on to its children whatever ipckit does.
+    let before: Vec<i32> = parse_list(parts[5]);
+    let mut expected = vec![0, 1, 2];
+    expected.extend(&nums);
+    expected.extend(before.iter().filter(|&&n| n > 2));
+    expected.sort_unstable();
+    assert!(report.contains(&format!("fds={expected:?}")), "{report}");
+    assert!(
+        report.ends_with(&format!("inherited={numbers}")),
+        "{report}"
+    );
+}
+
+#[test]
+fn pipe_disappears_with_its_last_instance() {
+    let t = test_case!();
+    t.role("server", |ctx| {
+        let _s = ServerOptions::new()
+            .namespace(ctx_ns(ctx))
+            .create(ctx.arg(0).unwrap())?;
+        ctx.send_str("ready")?;
+        ctx.expect("never", T)?;
+        Ok(())
+    });
+    let name = pipe_name("gone");
+    let ns = ns_of(&t);
+    let dir: PathBuf = ns.pipe_path(&PipeName::parse(&name).unwrap()).unwrap();
+    let mut p = t.spawn("server").arg(&name).start();
+    p.expect("ready", T).unwrap();
+    assert!(dir.is_dir());
+    p.kill().unwrap();
+    // Killed: its instance no longer counts, the pipe is gone for clients, and a new first
+    // instance may fix new parameters.
+    let copts = ClientOptions::new().namespace(ns.clone());
+    assert_kind(copts.connect(&name), ErrorKind::NotFound, "dead server");
+    let s = ServerOptions::message()
+        .namespace(ns.clone())
+        .first_instance(true)
+        .create(&name)
+        .unwrap();
+    assert_eq!(s.instances().unwrap(), 1);
+    assert_eq!(s.info().pipe_type, ipckit::pipe::PipeType::Message);
+    drop(s);
+    assert!(
+        !Path::new(&dir).exists(),
+        "the last instance removes the pipe"
+    );
+}

@@ -35,7 +35,12 @@
 //! | mechanism | status |
 //! | --- | --- |
 //! | names, namespace folders, errors, OS layer | implemented |
-//! | File Mapping and sync objects, Pipes, Mailslots, Sockets, RPC, COM, DDE, Copy Data, Clipboard | not yet |
+//! | [`mapping`] (File Mapping) and [`sync`] (mutex, event, semaphore, wait for several) | implemented |
+//! | [`channel`]: shared-memory message channels (ipckit's own fast local path) | implemented |
+//! | [`pipe`]: anonymous and local named pipes, blocking API | implemented; tokio and network form not yet |
+//! | Mailslots, Sockets, RPC, COM, DDE, Copy Data, Clipboard, the broker | not yet |
+//!
+//! Cargo feature `tokio`: async versions of the blocking calls (channels so far).
 
 pub mod channel;
 pub mod error;

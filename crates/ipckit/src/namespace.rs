@@ -14,7 +14,7 @@
 //! `RUNTIME` is `$IPCKIT_RUNTIME_DIR` when set, else `$XDG_RUNTIME_DIR/ipckit`, else
 //! `/tmp/ipckit-UID`; it is created with mode 0700 and refused when it belongs to another
 //! user or others may write to it. `GLOBAL` is `/tmp/ipckit-global` (mode 01777, owned by
-//! root or the user). `ENC` is [`encode_component`](crate::name::encode_component): letters,
+//! root or the user). `ENC` is [`encode_component`]: letters,
 //! digits, `.`, `_` and `-` stand for themselves, every other byte is `%XX`, and a name whose
 //! encoding would be too long becomes `~` and 32 hex digits of its SHA-256 (pipes and mailslots
 //! over 40 bytes, to keep socket paths within the kernel's 108-byte limit; objects over 200).

@@ -3,7 +3,7 @@
 //! Each function here is a thin, safe wrapper over one OS facility, documented with the
 //! OS references it relies on, in the manner of `rustix` (which does the actual calls;
 //! `libc` is used only where `rustix` lacks a call). Mechanisms above this layer never
-//! touch the OS directly, so a Windows backend can sit beside [`linux`] and export the
+//! touch the OS directly, so a Windows backend can sit beside `linux` and export the
 //! same items without changing them.
 //!
 //! | module | what | Linux references |

@@ -1,7 +1,7 @@
 //! The lane protocol: one producer, one consumer, a ring of fixed-size slots.
 //!
 //! This is the synchronisation core of the channel, written once and used both by the real
-//! channel (atomics in shared memory) and by the loom model (`--cfg loom`), which checks it
+//! channel (atomics in shared memory) and by the loom model (`--cfg ipckit_loom`), which checks it
 //! exhaustively. It does no I/O and never sleeps: the caller decides how to wait.
 //!
 //! Protocol (Lamport's ring with a sleep handshake):
@@ -19,9 +19,9 @@
 
 use std::sync::atomic::Ordering;
 
-#[cfg(loom)]
+#[cfg(ipckit_loom)]
 use loom::sync::atomic::fence;
-#[cfg(not(loom))]
+#[cfg(not(ipckit_loom))]
 use std::sync::atomic::fence;
 
 /// The atomic operations the protocol uses on a word, so that the same code runs on the
@@ -45,9 +45,9 @@ macro_rules! word {
 }
 word!(std::sync::atomic::AtomicU64, u64);
 word!(std::sync::atomic::AtomicU32, u32);
-#[cfg(loom)]
+#[cfg(ipckit_loom)]
 word!(loom::sync::atomic::AtomicU64, u64);
-#[cfg(loom)]
+#[cfg(ipckit_loom)]
 word!(loom::sync::atomic::AtomicU32, u32);
 
 /// The shared control words of one lane.
@@ -148,9 +148,9 @@ impl<W64: Word<u64>, W32: Word<u32>> LaneWords<'_, W64, W32> {
     }
 }
 
-#[cfg(all(test, loom))]
+#[cfg(all(test, ipckit_loom))]
 mod model {
-    //! `RUSTFLAGS="--cfg loom" cargo test -p ipckit --release --lib channel::lane::model`
+    //! `RUSTFLAGS="--cfg ipckit_loom" cargo test -p ipckit --release --lib channel::lane::model`
     use super::*;
     use loom::sync::atomic::{AtomicU32, AtomicU64};
     use loom::sync::{Arc, Condvar, Mutex};

@@ -71,6 +71,7 @@
 //! | `ipckit-chan-spin` | `shm-spin` | `ipckit::channel` pair, `WaitMode::BusyPoll` ([`ipckit_chan`]) |
 //! | `ipckit-chan` | `shm-futex` | `ipckit::channel` pair, `WaitMode::Adaptive` |
 //! | `ipckit-chan-sleep` | `shm-futex` | `ipckit::channel` pair, `WaitMode::Sleep` |
+//! | `ipckit-pipe` | `unix-stream` | `ipckit::pipe` named pipe, message mode ([`ipckit_pipe`]) |
 //!
 //! A benchmark's ratio is always against its baseline; to compare
 //! `ipckit-chan-spin` with `iceoryx2`, divide their values (or their
@@ -96,6 +97,7 @@ pub mod affinity;
 pub mod channel;
 pub mod iox2;
 pub mod ipckit_chan;
+pub mod ipckit_pipe;
 pub mod ipckit_sync;
 pub mod params;
 pub mod peer;

@@ -229,6 +229,13 @@ pub static BENCHES: &[Bench] = &[
         about: "shared-memory channel pair, futex sleep at once (WaitMode::Sleep)",
         kind: Kind::TwoProcess(&crate::ipckit_chan::CHAN_SLEEP),
     },
+    Bench {
+        name: "ipckit-pipe",
+        group: Group::Ipckit,
+        baseline: Some("unix-stream"),
+        about: "named pipe, message mode (CreateNamedPipe / CreateFile, one WriteFile / ReadFile per message)",
+        kind: Kind::TwoProcess(&crate::ipckit_pipe::NamedPipeBench),
+    },
 ];
 
 /// Every benchmark, in run order.

@@ -41,6 +41,9 @@ enum Command {
     /// Shared-memory message channels (ipckit's fastest local path).
     #[command(subcommand)]
     Chan(cmd::chan::Cmd),
+    /// Named pipes (CreateNamedPipe / ConnectNamedPipe / CreateFile / CallNamedPipe).
+    #[command(subcommand)]
+    Pipe(cmd::pipe::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Mutex(c) => cmd::sync::mutex(c),
         Command::Sem(c) => cmd::sync::sem(c),
         Command::Chan(c) => cmd::chan::run(c),
+        Command::Pipe(c) => cmd::pipe::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -57,7 +57,7 @@ fn help_lists_the_subcommands() {
     let t = test_case!();
     let out = ok(&t, &["--help"]);
     for cmd in [
-        "ls", "tour", "bench", "where", "shm", "event", "mutex", "sem",
+        "ls", "tour", "bench", "where", "shm", "event", "mutex", "sem", "chan", "pipe",
     ] {
         assert!(
             out.lines().any(|l| l.trim_start().starts_with(cmd)),
@@ -368,4 +368,127 @@ fn bench_prints_json_lines() {
         assert!(v["value"].as_f64().unwrap() > 0.0, "{line}");
     }
     assert!(lines.iter().any(|l| l.contains("\"unix-stream\"")));
+}
+
+/// `ipckit ls --json`, parsed.
+fn ls_json(t: &TestCase) -> serde_json::Value {
+    serde_json::from_str(&ok(t, &["ls", "--json"])).unwrap()
+}
+
+#[test]
+fn pipe_serve_call_send_cat_and_ls() {
+    use std::io::Write;
+    let t = test_case!();
+    // No such pipe: FILE_NOT_FOUND.
+    let o = run(&t, &["pipe", "send", "cli-missing", "x"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("win32 2"), "{}", stderr(&o));
+
+    let mut server = t
+        .command(ipckit(&[
+            "pipe",
+            "serve",
+            "cli-pipe",
+            "--message",
+            "--instances",
+            "1",
+            "--echo",
+        ]))
+        .start();
+    assert!(
+        wait_for(T, || server.stderr().contains(r"serving \\.\pipe\cli-pipe")),
+        "{}",
+        server.report()
+    );
+    assert_eq!(ok(&t, &["pipe", "call", "cli-pipe", "hello"]), "hello");
+    assert_eq!(ok(&t, &["pipe", "send", r"\\.\pipe\CLI-PIPE", "hi"]), "hi");
+
+    let ls = ls_json(&t);
+    assert_eq!(ls[0]["kind"], "pipe", "{ls}");
+    assert_eq!(ls[0]["name"], r"\\.\pipe\cli-pipe");
+    assert_eq!(ls[0]["holders"], serde_json::json!([server.pid()]));
+    assert_eq!(
+        ls[0]["details"],
+        serde_json::json!({
+            "mode": "message",
+            "instances": 1,
+            "max_instances": 1,
+            "free": 1,
+            "servers": [server.pid()],
+        })
+    );
+    assert!(
+        ok(&t, &["ls"]).contains("message, instances 1/1, free 1"),
+        "{}",
+        ok(&t, &["ls"])
+    );
+
+    // A client holds the only instance (its stdin stays open).
+    let mut cat = t.command(ipckit(&["pipe", "cat", "cli-pipe"])).start();
+    cat.stdin().unwrap().write_all(b"ping").unwrap();
+    cat.stdin().unwrap().flush().unwrap();
+    assert!(wait_for(T, || cat.stdout() == "ping"), "{}", cat.report());
+    assert_eq!(ls_json(&t)[0]["details"]["free"], 0);
+    // CreateFile without waiting: ERROR_PIPE_BUSY.
+    let o = run(&t, &["pipe", "send", "cli-pipe", "x"]);
+    assert!(stderr(&o).contains("win32 231"), "{}", stderr(&o));
+    // CallNamedPipe waits (the pipe's default timeout, or --timeout) for a free instance, then
+    // fails with ERROR_SEM_TIMEOUT.
+    let o = run(&t, &["pipe", "call", "cli-pipe", "x"]);
+    assert!(stderr(&o).contains("win32 121"), "{}", stderr(&o));
+    let o = run(&t, &["pipe", "call", "cli-pipe", "x", "--timeout", "100"]);
+    assert!(stderr(&o).contains("win32 121"), "{}", stderr(&o));
+
+    // The client leaves: the instance serves the next one.
+    cat.close_input();
+    assert!(cat.wait_timeout(T).unwrap().success(), "{}", cat.report());
+    let o = run(
+        &t,
+        &["pipe", "call", "cli-pipe", "again", "--timeout", "5000"],
+    );
+    assert_eq!(stdout(&o), "again", "{}", stderr(&o));
+
+    // With its server killed, the pipe is gone.
+    server.kill().unwrap();
+    assert_eq!(ls_json(&t), serde_json::json!([]));
+    let o = run(&t, &["pipe", "call", "cli-pipe", "x"]);
+    assert!(stderr(&o).contains("win32 2"), "{}", stderr(&o));
+}
+
+#[test]
+fn pipe_serve_exec_runs_a_command_per_client() {
+    use std::io::Write;
+    let t = test_case!();
+    let mut server = t
+        .command(ipckit(&[
+            "pipe",
+            "serve",
+            "cli-exec",
+            "--instances",
+            "2",
+            "--exec",
+            r#"while read l; do echo "got $l"; done"#,
+        ]))
+        .start();
+    assert!(
+        wait_for(T, || server.stderr().contains("serving")),
+        "{}",
+        server.report()
+    );
+    let ls = ls_json(&t);
+    assert_eq!(ls[0]["details"]["mode"], "byte", "{ls}");
+    assert_eq!(ls[0]["details"]["instances"], 2, "{ls}");
+    for word in ["one", "two"] {
+        let mut cat = t
+            .command(ipckit(&["pipe", "cat", "cli-exec", "--linger", "2000"]))
+            .start();
+        let stdin = cat.stdin().unwrap();
+        stdin.write_all(format!("{word}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let want = format!("got {word}\n");
+        assert!(wait_for(T, || cat.stdout() == want), "{}", cat.report());
+        cat.close_input();
+        assert!(cat.wait_timeout(T).unwrap().success(), "{}", cat.report());
+    }
+    server.kill().unwrap();
 }

@@ -3,6 +3,7 @@
 use ipckit::name::{ObjectName, Scope};
 use ipckit::namespace::{Entry, Folder, Namespace};
 use ipckit::object::{ObjectInfo, ObjectKind, describe, sweep};
+use ipckit::pipe::PipeType;
 
 use super::CmdResult;
 
@@ -47,6 +48,9 @@ pub fn object_info(name: &str) -> Result<Option<ObjectInfo>, Box<dyn std::error:
 
 fn row(ns: &Namespace, e: &Entry) -> ipckit::Result<Option<Row>> {
     let name = e.name.clone().unwrap_or_else(|| "(long name)".into());
+    if e.folder == Folder::Pipe && e.scope == Scope::Local {
+        return pipe_row(ns, e, &name);
+    }
     if e.folder != Folder::Object {
         return Ok(Some(Row {
             kind: e.folder.dir_name().into(),
@@ -100,6 +104,58 @@ fn row(ns: &Namespace, e: &Entry) -> ipckit::Result<Option<Row>> {
     }))
 }
 
+/// A local named pipe: shown while one of its instances lives.
+fn pipe_row(ns: &Namespace, e: &Entry, name: &str) -> ipckit::Result<Option<Row>> {
+    let component = e
+        .path
+        .file_name()
+        .and_then(|c| c.to_str())
+        .unwrap_or_default();
+    let Some(st) = ipckit::pipe::describe(ns, component)? else {
+        return Ok(None);
+    };
+    let mode = match st.info.pipe_type {
+        PipeType::Byte => "byte",
+        PipeType::Message => "message",
+    };
+    Ok(Some(Row {
+        kind: "pipe".into(),
+        scope: e.scope,
+        name: format!(r"\\.\pipe\{name}"),
+        os_name: e.path.display().to_string(),
+        size: None,
+        holders: st.servers.clone(),
+        details: serde_json::json!({
+            "mode": mode,
+            "instances": st.instances,
+            "max_instances": st.max_instances(),
+            "free": st.free,
+            "servers": st.servers,
+        }),
+    }))
+}
+
+fn details_text(kind: &str, d: &serde_json::Value) -> String {
+    match (kind, d) {
+        (_, serde_json::Value::Null) => "-".to_owned(),
+        ("pipe", d) => {
+            let max = d["max_instances"]
+                .as_u64()
+                .map_or_else(|| "unlimited".to_owned(), |m| m.to_string());
+            format!(
+                "{}, instances {}/{max}, free {}",
+                d["mode"].as_str().unwrap_or("?"),
+                d["instances"],
+                d["free"]
+            )
+        }
+        (_, d) => format!(
+            "depth {}, receiver {}, senders {}",
+            d["depth"], d["receiver"], d["senders"]
+        ),
+    }
+}
+
 pub fn run(args: Args) -> CmdResult {
     let ns = Namespace::user()?;
     // Free the files of objects whose last holder died; they are gone already.
@@ -144,13 +200,7 @@ pub fn run(args: Args) -> CmdResult {
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let details = match &r.details {
-            serde_json::Value::Null => "-".to_owned(),
-            d => format!(
-                "depth {}, receiver {}, senders {}",
-                d["depth"], d["receiver"], d["senders"]
-            ),
-        };
+        let details = details_text(&r.kind, &r.details);
         println!(
             "{:<10} {:<7} {:<28} {:>10}  {:<16} {:<44} {}",
             r.kind,

@@ -50,6 +50,14 @@ fn us(records: &[Record], mechanism: &str, case: &str) -> Option<String> {
         })
 }
 
+fn pipes(records: &[Record]) -> String {
+    format!(
+        "named pipe, message round trip {} (same core), {} (cross core)",
+        us(records, "ipckit-pipe", "rtt-64B/same").unwrap_or_else(|| "?".into()),
+        us(records, "ipckit-pipe", "rtt-64B/cross").unwrap_or_else(|| "?".into()),
+    )
+}
+
 fn file_mapping(records: &[Record]) -> String {
     format!(
         "SetEvent->wake round trip {} (same core), {} (cross core); mutex lock+unlock {}",
@@ -94,8 +102,8 @@ const MECHANISMS: [Mechanism; 9] = [
     Mechanism {
         name: "Pipes",
         windows: "CreatePipe, CreateNamedPipe",
-        benches: &[],
-        summary: none,
+        benches: &["ipckit-pipe"],
+        summary: pipes,
     },
     Mechanism {
         name: "Mailslots",

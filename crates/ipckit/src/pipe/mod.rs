@@ -103,6 +103,7 @@
 mod anonymous;
 mod client;
 mod conn;
+mod describe;
 mod frame;
 mod meta;
 mod registry;
@@ -112,6 +113,7 @@ use std::time::Duration;
 
 pub use anonymous::{PipeReader, PipeWriter, anonymous_pipe};
 pub use client::{ClientOptions, NamedPipeClient, call_named_pipe, wait_named_pipe};
+pub use describe::{PipeStatus, describe};
 pub use server::{NamedPipeServer, ServerOptions};
 
 /// Default largest message: 64 MiB.

@@ -14,6 +14,8 @@ use crate::sys::socket;
 
 /// Receive buffer size in normal operation.
 const BUF_LEN: usize = 64 * 1024;
+/// The most one buffered receive takes.
+const FILL_WINDOW: usize = 4 * 1024;
 /// Most bytes a vectored read of a whole message reserves ahead of the data that arrived.
 const VEC_CHUNK: usize = 1 << 20;
 
@@ -179,7 +181,10 @@ impl Conn {
                 return Ok(Fill::WouldBlock);
             }
         }
-        match socket::recv(&self.sock, &mut self.buf[self.end..], wait)? {
+        // Read a bounded window: enough to batch many small messages, small enough that the
+        // payload of a large one is received straight into the caller's memory (take_some).
+        let window = (self.end + FILL_WINDOW).min(self.buf.len());
+        match socket::recv(&self.sock, &mut self.buf[self.end..window], wait)? {
             None => Ok(Fill::WouldBlock),
             Some(0) => {
                 self.eof = true;

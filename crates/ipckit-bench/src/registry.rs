@@ -153,6 +153,13 @@ pub static BENCHES: &[Bench] = &[
         kind: Kind::TwoProcess(&raw::shm::ShmSpin),
     },
     Bench {
+        name: "shm-spin-park",
+        group: Group::Raw,
+        baseline: None,
+        about: "shared-memory rings, spin 400 polls then futex sleep (adaptive floor)",
+        kind: Kind::TwoProcess(&raw::shm::ShmSpinPark),
+    },
+    Bench {
         name: "atomic-cas",
         group: Group::Raw,
         baseline: None,
@@ -218,7 +225,7 @@ pub static BENCHES: &[Bench] = &[
     Bench {
         name: "ipckit-chan",
         group: Group::Ipckit,
-        baseline: Some("shm-futex"),
+        baseline: Some("shm-spin-park"),
         about: "shared-memory channel pair, adaptive spin then futex sleep (WaitMode::Adaptive)",
         kind: Kind::TwoProcess(&crate::ipckit_chan::CHAN_ADAPTIVE),
     },

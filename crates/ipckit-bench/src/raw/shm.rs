@@ -83,6 +83,32 @@ pub enum WaitPolicy {
     Futex,
     /// Spin, yielding the CPU every [`SPINS_BEFORE_YIELD`] polls.
     Spin,
+    /// Spin up to [`SPINS_BEFORE_PARK`] polls, then sleep in `FUTEX_WAIT` (the classic adaptive
+    /// mutex): the raw floor of an adaptive waiter whose peer runs on another CPU.
+    SpinThenPark,
+}
+
+/// Polls before a [`WaitPolicy::SpinThenPark`] waiter parks (about 10 µs here).
+pub const SPINS_BEFORE_PARK: u32 = 400;
+
+/// The `shm-spin-park` baseline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShmSpinPark;
+
+impl Transport for ShmSpinPark {
+    type Chan = ShmChannel;
+
+    fn zero_copy(&self) -> bool {
+        true
+    }
+
+    fn open_parent(&self, launcher: &mut Launcher<'_>) -> io::Result<ShmChannel> {
+        open_parent(launcher, WaitPolicy::SpinThenPark)
+    }
+
+    fn open_peer(&self, peer: &PeerEnv) -> io::Result<ShmChannel> {
+        open_peer(peer, WaitPolicy::SpinThenPark)
+    }
 }
 
 /// The `shm-futex` baseline.
@@ -366,6 +392,16 @@ impl ShmChannel {
         match self.policy {
             WaitPolicy::Spin => spin_wait(c, seen, &self.liveness),
             WaitPolicy::Futex => futex_wait(c, self.map.atomic(waiters), seen, &self.liveness),
+            WaitPolicy::SpinThenPark => {
+                for _ in 0..SPINS_BEFORE_PARK {
+                    spin_loop();
+                    let v = c.load(Ordering::Acquire);
+                    if v != seen {
+                        return Ok(v);
+                    }
+                }
+                futex_wait(c, self.map.atomic(waiters), seen, &self.liveness)
+            }
         }
     }
 
@@ -374,7 +410,7 @@ impl ShmChannel {
         let c = self.map.atomic(counter);
         match self.policy {
             WaitPolicy::Spin => c.store(v, Ordering::Release),
-            WaitPolicy::Futex => {
+            WaitPolicy::Futex | WaitPolicy::SpinThenPark => {
                 c.store(v, Ordering::SeqCst);
                 if self.map.atomic(waiters).load(Ordering::SeqCst) != 0 {
                     futex::wake(c, futex::Flags::empty(), 1)?;

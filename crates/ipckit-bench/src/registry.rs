@@ -153,7 +153,7 @@ pub static BENCHES: &[Bench] = &[
         kind: Kind::TwoProcess(&raw::shm::ShmSpin),
     },
     Bench {
-        name: "shm-spin-park",
+        name: "shm-spinpark",
         group: Group::Raw,
         baseline: None,
         about: "shared-memory rings, spin 400 polls then futex sleep (adaptive floor)",
@@ -225,7 +225,7 @@ pub static BENCHES: &[Bench] = &[
     Bench {
         name: "ipckit-chan",
         group: Group::Ipckit,
-        baseline: Some("shm-spin-park"),
+        baseline: Some("shm-spinpark"),
         about: "shared-memory channel pair, adaptive spin then futex sleep (WaitMode::Adaptive)",
         kind: Kind::TwoProcess(&crate::ipckit_chan::CHAN_ADAPTIVE),
     },
@@ -339,7 +339,7 @@ mod tests {
             select(&f).unwrap().iter().map(|b| b.name).collect()
         };
         assert_eq!(names(&[]).len(), BENCHES.len());
-        assert_eq!(names(&["shm"]), ["shm-futex", "shm-spin"]);
+        assert_eq!(names(&["shm"]), ["shm-futex", "shm-spin", "shm-spinpark"]);
         assert_eq!(names(&["unix"]), ["unix-stream", "unix-seqpacket"]);
         assert_eq!(names(&["pipe", "memcpy"]), ["memcpy", "pipe"]);
         assert_eq!(names(&["shm-spin"]), ["shm-spin"]);

@@ -91,7 +91,7 @@ pub enum WaitPolicy {
 /// Polls before a [`WaitPolicy::SpinThenPark`] waiter parks (about 10 µs here).
 pub const SPINS_BEFORE_PARK: u32 = 400;
 
-/// The `shm-spin-park` baseline.
+/// The `shm-spinpark` baseline.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShmSpinPark;
 

@@ -124,8 +124,9 @@ fn channel_and_iceoryx2_records_carry_their_baselines() {
         let case = obj["case"].as_str().unwrap();
         let (case, _placement) = case.rsplit_once('/').expect("case has a placement");
         let expected_baseline = match mechanism.as_str() {
-            "shm-futex" | "shm-spin" => None,
-            "ipckit-chan" | "ipckit-chan-sleep" => Some("shm-futex"),
+            "shm-futex" | "shm-spin" | "shm-spinpark" => None,
+            "ipckit-chan" => Some("shm-spinpark"),
+            "ipckit-chan-sleep" => Some("shm-futex"),
             "ipckit-chan-spin" | "iceoryx2" => Some("shm-spin"),
             other => panic!("unexpected mechanism {other}"),
         };

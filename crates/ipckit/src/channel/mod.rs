@@ -1256,9 +1256,28 @@ impl Drop for RecvGuard<'_> {
 #[cfg(feature = "tokio")]
 const ASYNC_SLICE: Duration = Duration::from_millis(100);
 
+/// Waits at most one [`ASYNC_SLICE`] for `side`; running out of time is not an error.
 #[cfg(feature = "tokio")]
-fn join_error(e: tokio::task::JoinError) -> Error {
-    Error::with_message(ErrorKind::Other, format!("waiting thread failed: {e}"))
+fn one_slice<W: WaitSide>(mode: WaitMode, side: &mut W) -> Result<()> {
+    match wait_until(
+        mode,
+        &mut Spin::new(),
+        None,
+        deadline(Some(ASYNC_SLICE)),
+        side,
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::Timeout => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs a blocking wait on tokio's blocking pool.
+#[cfg(feature = "tokio")]
+async fn wait_in_blocking_pool(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::with_message(ErrorKind::Other, format!("waiting thread failed: {e}")))?
 }
 
 #[cfg(feature = "tokio")]
@@ -1275,30 +1294,17 @@ impl Receiver {
                 Err(e) if e.kind() == ErrorKind::Timeout => {}
                 Err(e) => return Err(e),
             }
-            let shared = self.shared.clone();
-            let mut cursor = self.cursor.clone();
-            let mode = self.wait;
-            let waited = tokio::task::spawn_blocking(move || {
-                let mut side = RxWait {
-                    shared: &shared,
-                    cursor: &mut cursor,
-                };
-                wait_until(
+            let (shared, mut cursor, mode) = (self.shared.clone(), self.cursor.clone(), self.wait);
+            wait_in_blocking_pool(move || {
+                one_slice(
                     mode,
-                    &mut Spin::new(),
-                    None,
-                    deadline(Some(ASYNC_SLICE)),
-                    &mut side,
+                    &mut RxWait {
+                        shared: &shared,
+                        cursor: &mut cursor,
+                    },
                 )
-                .map(|_| ())
             })
-            .await
-            .map_err(join_error)?;
-            match waited {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Timeout => {}
-                Err(e) => return Err(e),
-            }
+            .await?;
         }
     }
 }
@@ -1314,30 +1320,18 @@ impl Sender {
                 Err(e) if e.kind() == ErrorKind::Full => {}
                 Err(e) => return Err(e),
             }
-            let shared = self.shared.clone();
-            let (lane, tail, mode) = (self.lane, self.tail, self.wait);
-            let waited = tokio::task::spawn_blocking(move || {
-                let mut side = TxWait {
-                    shared: &shared,
-                    lane,
-                    tail,
-                };
-                wait_until(
+            let (shared, lane, tail, mode) = (self.shared.clone(), self.lane, self.tail, self.wait);
+            wait_in_blocking_pool(move || {
+                one_slice(
                     mode,
-                    &mut Spin::new(),
-                    None,
-                    deadline(Some(ASYNC_SLICE)),
-                    &mut side,
+                    &mut TxWait {
+                        shared: &shared,
+                        lane,
+                        tail,
+                    },
                 )
-                .map(|_| ())
             })
-            .await
-            .map_err(join_error)?;
-            match waited {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Timeout => {}
-                Err(e) => return Err(e),
-            }
+            .await?;
         }
     }
 }

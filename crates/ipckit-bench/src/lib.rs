@@ -95,6 +95,7 @@
 
 pub mod affinity;
 pub mod channel;
+pub mod cli;
 pub mod iox2;
 pub mod ipckit_chan;
 pub mod ipckit_pipe;

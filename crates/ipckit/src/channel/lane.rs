@@ -91,9 +91,13 @@ impl<W64: Word<u64>, W32: Word<u32>> LaneWords<'_, W64, W32> {
         cap.checked_sub(used).ok_or(Corrupt)
     }
 
-    /// Producer: publishes the message in slot `tail % cap`.
-    pub fn publish(&self, tail: u64) -> Ring {
+    /// Producer: publishes the message in slot `tail % cap`. `consumer_may_sleep` false (a
+    /// busy-polling consumer, which never sleeps) skips the sleep handshake and its fence.
+    pub fn publish(&self, tail: u64, consumer_may_sleep: bool) -> Ring {
         self.tail.store(tail + 1, Ordering::Release);
+        if !consumer_may_sleep {
+            return Ring::Quiet;
+        }
         // Store, full fence, load (both sides): the sleep handshake of the module docs.
         fence(Ordering::SeqCst);
         if self.consumer_sleeping.load(Ordering::Relaxed) != 0 {
@@ -110,9 +114,12 @@ impl<W64: Word<u64>, W32: Word<u32>> LaneWords<'_, W64, W32> {
         if n > cap { Err(Corrupt) } else { Ok(n) }
     }
 
-    /// Consumer: frees slot `head % cap`.
-    pub fn free(&self, head: u64) -> Ring {
+    /// Consumer: frees slot `head % cap`. `producer_may_sleep` as for [`publish`](Self::publish).
+    pub fn free(&self, head: u64, producer_may_sleep: bool) -> Ring {
         self.head.store(head + 1, Ordering::Release);
+        if !producer_may_sleep {
+            return Ring::Quiet;
+        }
         fence(Ordering::SeqCst);
         if self.producer_sleeping.load(Ordering::Relaxed) != 0 {
             Ring::Wake
@@ -243,7 +250,7 @@ mod model {
                         w.producer_awake();
                     }
                     p.slots[(tail % CAP as u64) as usize].store(m * 7 + 1, Ordering::Relaxed);
-                    if w.publish(tail) == Ring::Wake {
+                    if w.publish(tail, true) == Ring::Wake {
                         p.cbell.ring();
                     }
                     tail += 1;
@@ -264,7 +271,7 @@ mod model {
                 }
                 let v = lane.slots[(head % CAP as u64) as usize].load(Ordering::Relaxed);
                 assert_eq!(v, m * 7 + 1, "torn, stale or duplicate message");
-                if w.free(head) == Ring::Wake {
+                if w.free(head, true) == Ring::Wake {
                     lane.pbell.ring();
                 }
                 head += 1;

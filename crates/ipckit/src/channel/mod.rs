@@ -282,6 +282,7 @@ impl ChannelBuilder {
             ));
         }
         shared.consumers_seen().fetch_add(1, Ordering::SeqCst);
+        announce_busy(shared.u32_at(H_CONSUMER_BUSY), self.wait);
         let lanes = shared.geometry.lanes as usize;
         let heads: Vec<u64> = (0..lanes)
             .map(|i| shared.lane(i).head.load(Ordering::Acquire))
@@ -313,6 +314,10 @@ impl ChannelBuilder {
                     "every producer lane of the channel is in use",
                 )
             })?;
+        announce_busy(
+            shared.u32_at(shared.lane_off(lane) + L_PRODUCER_BUSY),
+            self.wait,
+        );
         // Carry on from where the lane's previous sender stopped, once its positions are checked:
         // we count on from the tail, which must therefore be far from the end of the range.
         let tail = shared.lane(lane).tail.load(Ordering::Acquire);
@@ -334,6 +339,18 @@ impl ChannelBuilder {
             sends: 0,
             me,
         })
+    }
+}
+
+/// Stores whether this end busy-polls. The other end skips the sleep handshake (and its full
+/// fence) while the word is 1. When a sleeping end replaces a busy-polling one, the other end may
+/// still skip the handshake once on a stale read: `membarrier` makes every CPU see the new word
+/// and finish its earlier stores before this end first sleeps. Should the call be unavailable,
+/// the liveness checks bound such a missed wake-up to the first check (1 ms).
+fn announce_busy(word: &AtomicU32, mode: WaitMode) {
+    let busy = u32::from(mode == WaitMode::BusyPoll);
+    if word.swap(busy, Ordering::SeqCst) == 1 && busy == 0 {
+        crate::sys::futex::global_barrier();
     }
 }
 
@@ -423,6 +440,9 @@ struct Shared {
 }
 
 // Header words (byte offsets).
+/// 1 while the attached receiver busy-polls (never sleeps): senders then skip the sleep
+/// handshake. On a line of its own, written only when a receiver attaches.
+const H_CONSUMER_BUSY: usize = 0;
 const H_CONSUMER_PID: usize = LINE;
 const H_CONSUMER_CPU: usize = LINE + 4;
 const H_CONSUMER_START: usize = LINE + 8;
@@ -438,6 +458,8 @@ const L_PRODUCER_START: usize = 16;
 const L_HEAD: usize = LINE;
 const L_PRODUCER_SLEEPING: usize = 2 * LINE;
 const L_SPACE_BELL: usize = 2 * LINE + 4;
+/// 1 while the lane's sender busy-polls; written only when a sender attaches.
+const L_PRODUCER_BUSY: usize = 3 * LINE;
 
 impl Shared {
     fn new(object: ObjectHandle) -> Result<Shared> {
@@ -844,7 +866,8 @@ impl Sender {
         let (len_word, _) = self.shared.slot(self.lane, self.tail);
         len_word.store(len as u32, Ordering::Relaxed);
         let lane = self.shared.lane(self.lane);
-        if lane.publish(self.tail) == Ring::Wake {
+        let may_sleep = self.shared.u32_at(H_CONSUMER_BUSY).load(Ordering::Relaxed) == 0;
+        if lane.publish(self.tail, may_sleep) == Ring::Wake {
             let bell = self.shared.doorbell();
             bell.fetch_add(1, Ordering::SeqCst);
             futex::wake(bell, 1);
@@ -1098,7 +1121,11 @@ impl Receiver {
     fn take(&mut self, f: Found) {
         let c = &mut self.cursor;
         let head = c.heads[f.lane];
-        if self.shared.lane(f.lane).free(head) == Ring::Wake {
+        let busy = self
+            .shared
+            .u32_at(self.shared.lane_off(f.lane) + L_PRODUCER_BUSY);
+        let may_sleep = busy.load(Ordering::Relaxed) == 0;
+        if self.shared.lane(f.lane).free(head, may_sleep) == Ring::Wake {
             let bell = self.shared.space_bell(f.lane);
             bell.fetch_add(1, Ordering::SeqCst);
             futex::wake(bell, 1);

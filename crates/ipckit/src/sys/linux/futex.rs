@@ -59,6 +59,15 @@ pub fn wake_all(word: &AtomicU32) -> usize {
     wake(word, i32::MAX as u32)
 }
 
+/// Makes every thread of every process on the machine pass a full memory barrier
+/// (`membarrier(MEMBARRIER_CMD_GLOBAL)`, see `membarrier(2)`): after it returns, stores that other
+/// CPUs made before are visible here, and their later loads see our earlier stores. Slow (it
+/// waits for an RCU grace period): for rare protocol transitions only. Errors are ignored; callers
+/// have a bounded fallback.
+pub fn global_barrier() {
+    let _ = rustix::thread::membarrier(rustix::thread::MembarrierCommand::Global);
+}
+
 /// The most words one [`wait_any`] can watch (`futex_waitv`'s limit).
 pub const MAX_WAIT_ANY: usize = 128;
 

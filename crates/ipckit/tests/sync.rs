@@ -918,3 +918,59 @@ proptest! {
         prop_assert_eq!(m.release().unwrap_err().kind(), ErrorKind::NotOwner);
     }
 }
+
+/// The uncontended mutex path makes no system call: a peer locks down its thread with seccomp's
+/// strict mode (any system call but `read`, `write`, `exit` and `sigreturn` kills the process)
+/// and then acquires and releases a named mutex 100,000 times. Only if none of that entered the
+/// kernel does it live to write its report.
+#[test]
+fn uncontended_mutex_makes_no_system_call() {
+    let t = test_case!();
+    t.role("strict", |ctx| {
+        let m = Mutex::open(&Options::named(r"Local\nosys")?.namespace(ctx_ns(ctx)))?;
+        // Once outside strict mode: the thread and process ids get cached.
+        m.wait(None)?;
+        m.release()?;
+        ctx.send_str("entering")?;
+        // SAFETY: prctl with PR_SET_SECCOMP and SECCOMP_MODE_STRICT takes no pointers; it only
+        // restricts the system calls this thread may make from now on.
+        let rc = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_STRICT, 0, 0, 0) };
+        if rc != 0 {
+            return Err("cannot enter seccomp strict mode".into());
+        }
+        for _ in 0..100_000 {
+            // Errors would allocate and format: keep the loop free of anything but the calls.
+            if m.wait(None).is_err() || m.release().is_err() {
+                break;
+            }
+        }
+        let report = b"NO-SYSCALL-OK\n";
+        // SAFETY: writes `report.len()` bytes from a live buffer to standard output; `write` is
+        // one of the calls strict mode allows.
+        unsafe { libc::write(1, report.as_ptr().cast(), report.len()) };
+        // Any other system call (even exiting the process) would kill us: wait to be killed.
+        loop {
+            std::hint::spin_loop();
+        }
+    });
+    let ns = ns_of(&t);
+    let m = Mutex::create(
+        &Options::named(r"Local\nosys").unwrap().namespace(ns),
+        false,
+    )
+    .unwrap();
+    let mut peer = t.spawn("strict").start();
+    peer.expect("entering", Duration::from_secs(20)).unwrap();
+    // Strict mode kills only the offending thread, so the peer process may live on: wait for
+    // the report, which never comes if a system call was made.
+    let reported = wait_for(Duration::from_secs(20), || {
+        peer.stdout().contains("NO-SYSCALL-OK")
+    });
+    assert!(
+        reported,
+        "no report: a system call on the uncontended path killed the locked-down thread: {}",
+        peer.report()
+    );
+    peer.kill().unwrap();
+    drop(m);
+}

@@ -239,29 +239,18 @@ fn open_peer<S: Signal>(peer: &PeerEnv) -> io::Result<SyncChan<S>> {
     Ok(chan)
 }
 
+/// A mapping + signals channel: `SyncChannel<Event>` is `ipckit-event`, `SyncChannel<Semaphore>`
+/// is `ipckit-semaphore`.
+#[derive(Debug)]
+pub struct SyncChannel<S>(std::marker::PhantomData<fn() -> S>);
+
 /// `ipckit-event`: mapping + auto-reset events.
-#[derive(Debug)]
-pub struct EventChannel;
-
-impl Transport for EventChannel {
-    type Chan = SyncChan<Event>;
-    fn open_parent(&self, launcher: &mut Launcher<'_>) -> io::Result<Self::Chan> {
-        open_parent(launcher)
-    }
-    fn open_peer(&self, peer: &PeerEnv) -> io::Result<Self::Chan> {
-        open_peer(peer)
-    }
-    fn streams(&self) -> bool {
-        false
-    }
-}
-
+pub const EVENT_CHANNEL: SyncChannel<Event> = SyncChannel(std::marker::PhantomData);
 /// `ipckit-semaphore`: mapping + semaphores.
-#[derive(Debug)]
-pub struct SemaphoreChannel;
+pub const SEMAPHORE_CHANNEL: SyncChannel<Semaphore> = SyncChannel(std::marker::PhantomData);
 
-impl Transport for SemaphoreChannel {
-    type Chan = SyncChan<Semaphore>;
+impl<S: Signal + 'static> Transport for SyncChannel<S> {
+    type Chan = SyncChan<S>;
     fn open_parent(&self, launcher: &mut Launcher<'_>) -> io::Result<Self::Chan> {
         open_parent(launcher)
     }

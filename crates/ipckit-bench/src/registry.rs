@@ -199,14 +199,14 @@ pub static BENCHES: &[Bench] = &[
         group: Group::Ipckit,
         baseline: Some("shm-futex"),
         about: "named file mapping + auto-reset events (SetEvent -> wake)",
-        kind: Kind::TwoProcess(&crate::ipckit_sync::EventChannel),
+        kind: Kind::TwoProcess(&crate::ipckit_sync::EVENT_CHANNEL),
     },
     Bench {
         name: "ipckit-semaphore",
         group: Group::Ipckit,
         baseline: Some("shm-futex"),
         about: "named file mapping + semaphores (ReleaseSemaphore -> wake)",
-        kind: Kind::TwoProcess(&crate::ipckit_sync::SemaphoreChannel),
+        kind: Kind::TwoProcess(&crate::ipckit_sync::SEMAPHORE_CHANNEL),
     },
     Bench {
         name: "iceoryx2",

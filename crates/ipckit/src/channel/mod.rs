@@ -354,6 +354,13 @@ fn announce_busy(word: &AtomicU32, mode: WaitMode) {
     }
 }
 
+/// Rings a bell: changes its word (so a sleeper about to wait sees the change) and wakes one
+/// sleeper.
+fn ring(bell: &AtomicU32) {
+    bell.fetch_add(1, Ordering::SeqCst);
+    futex::wake(bell, 1);
+}
+
 /// A process, named so that a reused pid is not mistaken for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Identity {
@@ -868,9 +875,7 @@ impl Sender {
         let lane = self.shared.lane(self.lane);
         let may_sleep = self.shared.u32_at(H_CONSUMER_BUSY).load(Ordering::Relaxed) == 0;
         if lane.publish(self.tail, may_sleep) == Ring::Wake {
-            let bell = self.shared.doorbell();
-            bell.fetch_add(1, Ordering::SeqCst);
-            futex::wake(bell, 1);
+            ring(self.shared.doorbell());
         }
         self.tail += 1;
         self.sends = self.sends.wrapping_add(1);
@@ -887,9 +892,7 @@ impl Drop for Sender {
     fn drop(&mut self) {
         release(self.shared.producer_endpoint(self.lane), self.me);
         // A receiver asleep waiting for us should notice that we left.
-        let bell = self.shared.doorbell();
-        bell.fetch_add(1, Ordering::SeqCst);
-        futex::wake(bell, 1);
+        ring(self.shared.doorbell());
     }
 }
 
@@ -1126,9 +1129,7 @@ impl Receiver {
             .u32_at(self.shared.lane_off(f.lane) + L_PRODUCER_BUSY);
         let may_sleep = busy.load(Ordering::Relaxed) == 0;
         if self.shared.lane(f.lane).free(head, may_sleep) == Ring::Wake {
-            let bell = self.shared.space_bell(f.lane);
-            bell.fetch_add(1, Ordering::SeqCst);
-            futex::wake(bell, 1);
+            ring(self.shared.space_bell(f.lane));
         }
         c.heads[f.lane] = head + 1;
         c.next = if f.lane + 1 == c.heads.len() {
@@ -1196,9 +1197,7 @@ impl Drop for Receiver {
         release(self.shared.consumer_endpoint(), self.me);
         // Senders waiting for room should notice that we left.
         for i in 0..self.cursor.heads.len() {
-            let bell = self.shared.space_bell(i);
-            bell.fetch_add(1, Ordering::SeqCst);
-            futex::wake(bell, 1);
+            ring(self.shared.space_bell(i));
         }
     }
 }

@@ -115,6 +115,8 @@ pub use anonymous::{PipeReader, PipeWriter, anonymous_pipe};
 pub use client::{ClientOptions, NamedPipeClient, call_named_pipe, wait_named_pipe};
 pub use describe::{PipeStatus, describe};
 pub use server::{NamedPipeServer, ServerOptions};
+/// Shared with the mailslots, whose folder is locked the same way.
+pub(crate) use registry::folder_lock;
 
 /// Default largest message: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 64 << 20;

@@ -44,9 +44,10 @@ pub(crate) struct PipeDir {
     pub path: PathBuf,
 }
 
-/// `RUNTIME/pipe/.lock`, held exclusively while an instance is created or closed.
+/// `RUNTIME/pipe/.lock`, held exclusively while an instance is created or closed (and
+/// `RUNTIME/mailslot/.lock` while a mailslot is: any private folder's `.lock`).
 #[derive(Debug)]
-struct FolderLock(OwnedFd);
+pub(crate) struct FolderLock(OwnedFd);
 
 impl Drop for FolderLock {
     fn drop(&mut self) {
@@ -56,7 +57,8 @@ impl Drop for FolderLock {
     }
 }
 
-fn folder_lock(folder: &SecureDir) -> Result<FolderLock> {
+/// Takes the exclusive lock of the private folder `folder` (its `.lock` file, created 0600).
+pub(crate) fn folder_lock(folder: &SecureDir) -> Result<FolderLock> {
     let fd = match fd::open_file(folder, folder.path(), FOLDER_LOCK) {
         Ok(fd) => fd,
         Err(e) if e.kind() == ErrorKind::NotFound => {

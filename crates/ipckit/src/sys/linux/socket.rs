@@ -63,8 +63,8 @@ fn new_stream_socket() -> Result<OwnedFd> {
 }
 
 /// The address of `name` inside the folder `dir` (open at `dir_path`): the plain path when it
-/// fits, else `/proc/self/fd/N/name`.
-fn address(dir: &impl AsFd, dir_path: &Path, name: &str) -> Result<SocketAddrUnix> {
+/// fits, else `/proc/self/fd/N/name`. Shared with the datagram sockets of mailslots.
+pub(crate) fn address(dir: &impl AsFd, dir_path: &Path, name: &str) -> Result<SocketAddrUnix> {
     let full = dir_path.join(name);
     let path = if full.as_os_str().len() <= MAX_SOCKET_PATH {
         full

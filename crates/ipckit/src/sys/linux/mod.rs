@@ -1,5 +1,6 @@
 //! The Linux backend of [`crate::sys`].
 
+pub mod dgram;
 pub mod dir;
 pub mod fd;
 pub mod file;

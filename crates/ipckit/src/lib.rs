@@ -44,6 +44,7 @@
 
 pub mod channel;
 pub mod error;
+pub mod mailslot;
 pub mod mapping;
 pub mod name;
 pub mod namespace;

@@ -160,6 +160,14 @@ impl Namespace {
         }
     }
 
+    /// The same namespace with its machine-wide folder at `dir` (where `Global\` objects and
+    /// the pipes users share live), e.g. a folder other users can reach when the runtime
+    /// folder is set with `IPCKIT_RUNTIME_DIR` or [`Namespace::at`]. Does no I/O.
+    pub fn with_global_dir(mut self, dir: impl Into<PathBuf>) -> Namespace {
+        self.global = dir.into();
+        self
+    }
+
     /// The per-user runtime folder.
     pub fn runtime_dir(&self) -> &Path {
         &self.runtime

@@ -30,6 +30,9 @@ pub enum DirPolicy {
     /// Machine-wide: owned by root or this user; if others may write to it, the sticky bit
     /// must be set so nobody removes or renames another user's entries. Created 01777.
     Shared,
+    /// Published by this user for others to reach: owned by this user, mode 0755 (others may
+    /// list and enter it, never write to it; set so when it differs).
+    Published,
 }
 
 /// An open, checked folder.
@@ -48,6 +51,7 @@ fn create_mode(policy: DirPolicy) -> Mode {
     match policy {
         DirPolicy::Private => Mode::from_raw_mode(0o700),
         DirPolicy::Shared => Mode::from_raw_mode(0o1777),
+        DirPolicy::Published => Mode::from_raw_mode(0o755),
     }
 }
 
@@ -152,6 +156,22 @@ impl SecureDir {
                     rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(0o700)).map_err(|e| {
                         Error::from_io(
                             format!("cannot make {} private", self.path.display()),
+                            e.into(),
+                        )
+                    })?;
+                }
+            }
+            DirPolicy::Published => {
+                if st.st_uid != me {
+                    return denied(format!(
+                        "it is owned by uid {}, not by this user (uid {me})",
+                        st.st_uid
+                    ));
+                }
+                if mode != 0o755 {
+                    rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(0o755)).map_err(|e| {
+                        Error::from_io(
+                            format!("cannot set the mode of {}", self.path.display()),
                             e.into(),
                         )
                     })?;
@@ -311,6 +331,19 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
         let e = SecureDir::open_or_create(&p, DirPolicy::Shared).unwrap_err();
         assert!(e.to_string().contains("sticky"), "{e}");
+    }
+
+    #[test]
+    fn published_folder_is_0755_and_ours() {
+        let p = scratch("published");
+        let _c = Cleanup(p.clone());
+        let d = SecureDir::open_or_create(&p, DirPolicy::Private).unwrap();
+        let sub = d.subdir("pub", DirPolicy::Published).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(sub.path()), 0o755);
+        std::fs::set_permissions(sub.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        d.subdir("pub", DirPolicy::Published).unwrap();
+        assert_eq!(mode(sub.path()), 0o755, "tightened");
     }
 
     #[test]

@@ -118,6 +118,12 @@ fn at_err(what: &str, dir_path: &Path, name: &str, e: Errno) -> Error {
 /// belongs to this user and that no one else may write to it. Fails with
 /// [`ErrorKind::NotFound`] when absent.
 pub fn open_subdir(dir: impl AsFd, dir_path: &Path, name: &str) -> Result<OwnedFd> {
+    open_subdir_of(dir, dir_path, name, super::process::current_uid())
+}
+
+/// [`open_subdir`] for a folder that must belong to the user `owner` (a folder another user
+/// published).
+pub fn open_subdir_of(dir: impl AsFd, dir_path: &Path, name: &str, owner: u32) -> Result<OwnedFd> {
     let fd = rustix::fs::openat(
         &dir,
         name,
@@ -136,7 +142,7 @@ pub fn open_subdir(dir: impl AsFd, dir_path: &Path, name: &str) -> Result<OwnedF
         e => at_err("cannot open", dir_path, name, e),
     })?;
     let st = rustix::fs::fstat(&fd).map_err(|e| at_err("cannot stat", dir_path, name, e))?;
-    if st.st_uid != super::process::current_uid() || st.st_mode & 0o022 != 0 {
+    if st.st_uid != owner || st.st_mode & 0o022 != 0 {
         return Err(Error::with_message(
             ErrorKind::AccessDenied,
             format!(
@@ -185,6 +191,21 @@ pub fn open_file(dir: impl AsFd, dir_path: &Path, name: &str) -> Result<OwnedFd>
         &dir,
         name,
         OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::NOENT => Error::new(ErrorKind::NotFound),
+        e => at_err("cannot open", dir_path, name, e),
+    })
+}
+
+/// Opens the existing regular file `name` in `dir` read-only (`O_NOFOLLOW | O_CLOEXEC`), as
+/// a user who may not write to it does.
+pub fn open_file_read(dir: impl AsFd, dir_path: &Path, name: &str) -> Result<OwnedFd> {
+    rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| match e {

@@ -560,23 +560,15 @@ fn peer_identity_and_sigkill_in_the_middle_of_a_message() {
 }
 
 /// Connects to a free instance of `name` by the wire protocol of `docs/protocol/pipe.md`,
-/// without the library: claim a listening socket by renaming it, connect, remove the claim.
+/// without the library: connect to any listening socket `i-PID-N.sock` of the pipe's folder.
 fn raw_connect(ns: &Namespace, name: &str) -> std::io::Result<UnixStream> {
     let dir: PathBuf = ns.pipe_path(&PipeName::parse(name).unwrap()).unwrap();
     for e in std::fs::read_dir(&dir)? {
         let f = e?.file_name().into_string().unwrap();
-        let Some(inst) = f.strip_prefix("i-").and_then(|r| r.strip_suffix(".sock")) else {
-            continue;
-        };
-        let claim = format!("c-{inst}.{}-0.sock", std::process::id());
-        if std::fs::rename(dir.join(&f), dir.join(&claim)).is_err() {
-            continue;
-        }
-        let s = UnixStream::connect(dir.join(&claim))?;
-        // The server may have removed the claim already, once it accepted.
-        match std::fs::remove_file(dir.join(&claim)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => return Ok(s),
+        if f.starts_with("i-") && f.ends_with(".sock") {
+            if let Ok(s) = UnixStream::connect(dir.join(&f)) {
+                return Ok(s);
+            }
         }
     }
     Err(std::io::Error::other("no free instance"))
@@ -747,14 +739,42 @@ fn hostile_clients_end_only_their_own_connection() {
     }
 }
 
+/// The test's namespace with its machine-wide folder at the first argument.
+fn shared_ns(ctx: &RoleCtx) -> Namespace {
+    ctx_ns(ctx).with_global_dir(ctx.arg(1).unwrap())
+}
+
+/// Makes this thread an unprivileged process of user and group 65534 ("nobody"): no
+/// capabilities, no supplementary groups. Fails unless the thread really lost root's access.
+fn become_nobody(ctx: &RoleCtx) -> RoleResult {
+    use rustix::process::{Gid, Uid};
+    rustix::thread::set_thread_groups(&[])?;
+    let nobody_gid = Gid::from_raw(65534);
+    rustix::thread::set_thread_res_gid(nobody_gid, nobody_gid, nobody_gid)?;
+    let nobody = Uid::from_raw(65534);
+    // All three uids leave 0: the kernel clears the thread's capabilities.
+    rustix::thread::set_thread_res_uid(nobody, nobody, nobody)?;
+    ensure(rustix::process::geteuid().as_raw() == 65534, "euid")?;
+    // The test's private folder (0700, root's) is out of reach now.
+    match std::fs::read_dir(ctx.namespace()) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        other => Err(format!("still reaches root's private folder: {other:?}").into()),
+    }
+}
+
 #[test]
-fn clients_of_another_user_are_refused_unless_allowed() {
+fn pipes_are_private_unless_shared_and_other_users_are_refused_unless_allowed() {
     let t = test_case!();
+    // args: pipe name, shared namespace, mode (private / deny / allow / any)
     t.role("server", |ctx| {
-        let mut opts = ServerOptions::message().namespace(ctx_ns(ctx));
-        if ctx.arg(1) == Some("allow") {
-            opts = opts.allow_user(65534);
-        }
+        let ns = shared_ns(ctx);
+        let mut opts = ServerOptions::message().max_instances(1)?.namespace(ns);
+        opts = match ctx.arg(2) {
+            Some("allow") => opts.allow_user(65534),
+            Some("deny") => opts.allow_user(4242),
+            Some("any") => opts.allow_any_user(),
+            _ => opts,
+        };
         let mut s = opts.create(ctx.arg(0).unwrap())?;
         ctx.send_str("ready")?;
         loop {
@@ -768,68 +788,111 @@ fn clients_of_another_user_are_refused_unless_allowed() {
         }
     });
     t.role("foreign", |ctx| {
-        // This thread becomes uid 65534 for the kernel's peer credentials, keeping (through
-        // SECBIT_NO_SETUID_FIXUP) the capability to reach root's private folders.
-        use rustix::process::{Gid, Uid};
-        use rustix::thread::{CapabilitiesSecureBits, set_capabilities_secure_bits};
-        set_capabilities_secure_bits(CapabilitiesSecureBits::NO_SETUID_FIXUP)?;
-        rustix::thread::set_thread_res_gid(Gid::ROOT, Gid::from_raw(65534), Gid::ROOT)?;
-        rustix::thread::set_thread_res_uid(Uid::ROOT, Uid::from_raw(65534), Uid::ROOT)?;
-        ensure(rustix::process::geteuid().as_raw() == 65534, "euid")?;
-        let mut s = raw_connect(&ctx_ns(ctx), ctx.arg(0).unwrap())?;
-        // A refused client may find the connection closed already (EPIPE); its reply is read
-        // below either way.
-        let _ = s.write_all(&[2, 0, 0, 0, b'h', b'i']);
-        s.set_read_timeout(Some(T))?;
-        let mut h = [0u8; 4];
-        s.read_exact(&mut h)?;
-        let verdict = match h {
-            [1, 0, 0, 0x80] => "refused".to_owned(),
-            [2, 0, 0, 0] => {
-                let mut body = [0u8; 2];
-                s.read_exact(&mut body)?;
-                if &body == b"hi" {
-                    "echoed".to_owned()
-                } else {
-                    format!("unexpected reply {body:?}")
+        become_nobody(ctx)?;
+        let name = ctx.arg(0).unwrap();
+        let ns = shared_ns(ctx);
+        let owner: u32 = ctx.arg(2).unwrap().parse()?;
+        // Another owner's pipe of that name does not exist.
+        let wrong = ClientOptions::new()
+            .namespace(ns.clone())
+            .owner(4242)
+            .connect(name);
+        ensure(
+            wrong
+                .as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::NotFound),
+            format!("wrong owner: {:?}", wrong.map(|_| ())),
+        )?;
+        let opts = ClientOptions::new().namespace(ns).owner(owner);
+        let verdict = match opts.connect(name) {
+            Err(e) => format!("open:{:?}", e.kind()),
+            Ok(mut c) => {
+                c.set_read_mode(ReadMode::Message)?;
+                ensure(c.server().uid == owner, "server uid")?;
+                match c.transact_message(b"hi") {
+                    Ok(m) if m == b"hi" => "echoed".to_owned(),
+                    Ok(m) => format!("unexpected reply {m:?}"),
+                    Err(e) => format!("transact:{:?}:{}", e.kind(), e.win32_code()),
                 }
             }
-            other => format!("unexpected {other:?}"),
         };
         ctx.send_str(&verdict)?;
         Ok(())
     });
     t.role("friend", |ctx| {
-        let mut c = client(ctx).connect(ctx.arg(0).unwrap())?;
+        // The server's own user finds the pipe without naming the owner, shared or not.
+        let mut c = ClientOptions::new()
+            .namespace(shared_ns(ctx))
+            .connect(ctx.arg(0).unwrap())?;
         c.set_read_mode(ReadMode::Message)?;
         ensure(c.transact_message(b"yo")? == b"yo", "echo")?;
         Ok(())
     });
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: needs root to run a client as another user");
-        return;
-    }
+    // CI runs as root, which can start a client as another user; elsewhere this test cannot
+    // prove anything and says so loudly.
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root, to run a client as another user"
+    );
     let me = rustix::process::geteuid().as_raw();
-    for allow in [false, true] {
-        let name = pipe_name("users");
+    // A machine-wide folder that other users can enter (the test's own folder is private).
+    let shared = ipckit_testkit::TestDir::new("ipckit-shared").unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let shared_path = shared.path().to_str().unwrap().to_owned();
+    let private_dir = |name: &str| {
+        ns_of(&t)
+            .pipe_path(&PipeName::parse(name).unwrap())
+            .unwrap()
+    };
+    let published_dir = |name: &str| {
+        let enc = private_dir(name).file_name().unwrap().to_owned();
+        shared.path().join("pipe").join(me.to_string()).join(enc)
+    };
+    for (mode, expected) in [
+        ("private", "open:NotFound"),
+        ("deny", "transact:AccessDenied:5"),
+        ("allow", "echoed"),
+        ("any", "echoed"),
+    ] {
+        let name = pipe_name(mode);
         let mut srv = t
             .spawn("server")
             .arg(&name)
-            .arg(if allow { "allow" } else { "deny" })
+            .arg(&shared_path)
+            .arg(mode)
             .start();
         srv.expect("ready", T).unwrap();
-        let mut f = t.spawn("foreign").arg(&name).start();
-        if allow {
-            f.expect("echoed", T).unwrap();
-            srv.expect("served:65534", T).unwrap();
+        // Where the pipe lives, and who may enter.
+        if mode == "private" {
+            assert!(private_dir(&name).is_dir());
+            assert!(!published_dir(&name).exists());
         } else {
-            f.expect("refused", T).unwrap();
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            assert!(!private_dir(&name).exists(), "{mode}");
+            let md = std::fs::metadata(published_dir(&name)).unwrap();
+            assert_eq!((md.uid(), md.permissions().mode() & 0o7777), (me, 0o755));
         }
+        let mut f = t
+            .spawn("foreign")
+            .arg(&name)
+            .arg(&shared_path)
+            .arg(me.to_string())
+            .start();
+        f.expect(expected, T).unwrap();
         assert!(f.wait_timeout(T).unwrap().success(), "{}", f.report());
-        // The server goes on serving its own user.
-        let mut g = t.spawn("friend").arg(&name).start();
+        if expected == "echoed" {
+            srv.expect("served:65534", T).unwrap();
+        }
+        // The instance (its only one) serves its own user next: a refused client did not
+        // leave it busy.
+        let mut g = t.spawn("friend").arg(&name).arg(&shared_path).start();
         srv.expect(&format!("served:{me}"), T).unwrap();
         assert!(g.wait_timeout(T).unwrap().success(), "{}", g.report());
+        srv.kill().unwrap();
     }
 }
 

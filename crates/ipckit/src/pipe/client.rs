@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use super::conn::{Conn, Side};
-use super::registry;
+use super::meta::Meta;
+use super::registry::{self, PipeDir, Place};
 use super::server::{io_error, io_read};
 use super::{PeekInfo, PeerIdentity, PipeInfo, PipeWait, ReadMode, pipe_io_methods};
 use crate::error::{Error, ErrorKind, Result};
@@ -27,6 +28,7 @@ enum Transport {
 pub struct ClientOptions {
     namespace: Option<Namespace>,
     wait: Option<PipeWait>,
+    owner: Option<u32>,
 }
 
 impl ClientOptions {
@@ -50,6 +52,20 @@ impl ClientOptions {
         self
     }
 
+    /// Opens the pipe that the user `uid` shares with other users
+    /// ([`ServerOptions::allow_user`](super::ServerOptions::allow_user)), in the machine-wide
+    /// part of the namespace. Windows has one pipe namespace per machine and needs no such
+    /// option; here every user has their own, and naming the owner keeps another user from
+    /// standing in for the server: a server of any other user (root excepted) is refused with
+    /// [`ErrorKind::AccessDenied`].
+    ///
+    /// Without it a client looks in its own user's private folder, then among the pipes its
+    /// own user shares.
+    pub fn owner(mut self, uid: u32) -> Self {
+        self.owner = Some(uid);
+        self
+    }
+
     fn ns(&self) -> Namespace {
         self.namespace.clone().unwrap_or_else(Namespace::from_env)
     }
@@ -68,7 +84,8 @@ impl ClientOptions {
             _ => None,
         };
         loop {
-            match self.connect_local(&ns, &name) {
+            let (dir, place) = self.locate(&ns, &name)?;
+            match connect_in(&dir, &name, place) {
                 Err(e) if e.kind() == ErrorKind::PipeBusy => {
                     let wait = match (self.wait, deadline) {
                         (None, _) => return Err(e),
@@ -77,14 +94,32 @@ impl ClientOptions {
                         }
                         (Some(w), None) => w,
                     };
-                    registry::wait_free(&ns, &name, wait)?;
+                    registry::wait_free(dir, &name, wait)?;
                 }
-                r => return r,
+                Ok((fd, meta)) => {
+                    let conn = Conn::new(
+                        fd,
+                        Side::Client,
+                        meta.pipe_type,
+                        meta.open_mode,
+                        ReadMode::Byte,
+                        meta.max_message_size,
+                    )?;
+                    check_server(&name, place, conn.peer().uid)?;
+                    return Ok(NamedPipeClient {
+                        name: name.clone(),
+                        info: PipeInfo::from_meta(&meta),
+                        transport: Transport::Local(conn),
+                    });
+                }
+                Err(e) => return Err(e),
             }
         }
     }
 
-    fn connect_local(&self, ns: &Namespace, name: &PipeName) -> Result<NamedPipeClient> {
+    /// The pipe's directory: in the owner's published folder when [`owner`](Self::owner) was
+    /// given, else in this user's private folder, else among this user's published pipes.
+    pub(crate) fn locate(&self, ns: &Namespace, name: &PipeName) -> Result<(PipeDir, Place)> {
         if !name.is_local() {
             return Err(Error::with_message(
                 ErrorKind::NeedsGateway,
@@ -93,38 +128,34 @@ impl ClientOptions {
                 ),
             ));
         }
-        let (fd, meta) = registry::connect(ns, name)?;
-        let conn = Conn::new(
-            fd,
-            Side::Client,
-            meta.pipe_type,
-            meta.open_mode,
-            ReadMode::Byte,
-            meta.max_message_size,
-        )?;
-        let server_uid = conn.peer().uid;
-        if server_uid != process::current_uid() && server_uid != 0 {
-            return Err(Error::with_message(
-                ErrorKind::AccessDenied,
-                format!("{name} is served by uid {server_uid}, not by this user"),
-            ));
+        if let Some(owner) = self.owner {
+            let place = Place::Published { owner };
+            return Ok((registry::open_dir(ns, name, place)?, place));
         }
-        Ok(NamedPipeClient {
-            name: name.clone(),
-            info: PipeInfo::from_meta(&meta),
-            transport: Transport::Local(conn),
-        })
+        match registry::open_dir(ns, name, Place::Private) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let place = Place::Published {
+                    owner: process::current_uid(),
+                };
+                match registry::open_dir(ns, name, place) {
+                    Ok(dir) => Ok((dir, place)),
+                    Err(e2) if e2.kind() == ErrorKind::NotFound => Err(e),
+                    Err(e2) => Err(e2),
+                }
+            }
+            r => r.map(|d| (d, Place::Private)),
+        }
     }
 
     /// `WaitNamedPipe`: waits until an instance of `name` is free. Fails at once with
     /// [`ErrorKind::NotFound`] when the pipe does not exist, and with [`ErrorKind::Timeout`]
     /// carrying `ERROR_SEM_TIMEOUT` (121) when the time runs out. Another client may still take
-    /// the instance first, as on Windows.
+    /// the instance first, as on Windows. The wait sleeps until the pipe's folder changes or
+    /// a serving process ends (inotify, pidfd): it does not poll.
     pub fn wait_named_pipe(&self, name: &str, wait: PipeWait) -> Result<()> {
         let name = PipeName::parse(name)?;
-        let ns = self.ns();
-        let _ = ns.pipe_path(&name)?;
-        registry::wait_free(&ns, &name, wait)
+        let (dir, _) = self.locate(&self.ns(), &name)?;
+        registry::wait_free(dir, &name, wait)
     }
 
     /// `CallNamedPipe`: opens the pipe (waiting up to `wait` while it is busy), switches to
@@ -142,6 +173,32 @@ impl ClientOptions {
         c.set_read_mode(ReadMode::Message)?;
         c.transact(request, buf)
     }
+}
+
+/// Claims a free instance in `dir` and reads the pipe's parameters.
+pub(crate) fn connect_in(
+    dir: &PipeDir,
+    name: &PipeName,
+    _place: Place,
+) -> Result<(std::os::fd::OwnedFd, Meta)> {
+    let meta = registry::client_meta(dir, name)?;
+    let fd = registry::connect(dir, name)?;
+    Ok((fd, meta))
+}
+
+/// Refuses a server that is neither the pipe's owner nor root.
+pub(crate) fn check_server(name: &PipeName, place: Place, server_uid: u32) -> Result<()> {
+    let owner = match place {
+        Place::Private => process::current_uid(),
+        Place::Published { owner } => owner,
+    };
+    if server_uid != owner && server_uid != 0 {
+        return Err(Error::with_message(
+            ErrorKind::AccessDenied,
+            format!("{name} is served by uid {server_uid}, not by its owner (uid {owner})"),
+        ));
+    }
+    Ok(())
 }
 
 /// `WaitNamedPipe` in the namespace of the environment; see [`ClientOptions::wait_named_pipe`].

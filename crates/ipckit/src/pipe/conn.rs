@@ -1,11 +1,18 @@
 //! One connected named-pipe end: framing over a Unix stream socket, read modes, peek.
 //!
-//! Shared by [`NamedPipeServer`](super::NamedPipeServer) and the local transport of
-//! [`NamedPipeClient`](super::NamedPipeClient). The peer is hostile: every header is bounded by
-//! the pipe's maximum message size before anything is allocated for it, and a broken rule ends
-//! this connection only.
+//! Shared by [`NamedPipeServer`](super::NamedPipeServer), [`NamedPipeClient`](super::NamedPipeClient)
+//! and their tokio counterparts: the same code frames and unframes for both, and every
+//! operation takes `wait`. With `wait == true` (the blocking ends) it blocks in the socket calls
+//! and may receive large payloads straight into the caller's memory. With `wait == false` (the
+//! async ends) it never blocks: `Ok(None)` means "would block, retry when the socket is ready",
+//! and everything received so far stays in this connection's buffer, so an operation that is
+//! abandoned there (a dropped future) loses and duplicates nothing.
+//!
+//! The peer is hostile: every header is bounded by the pipe's maximum message size before
+//! anything is allocated for it, buffers grow only with data that arrived, and a broken rule
+//! ends this connection only.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use super::frame::{self, Control, HEADER_LEN, Header};
 use super::{OpenMode, PeekInfo, PeerIdentity, PipeType, ReadMode};
@@ -14,7 +21,7 @@ use crate::sys::socket;
 
 /// Receive buffer size in normal operation.
 const BUF_LEN: usize = 64 * 1024;
-/// The most one buffered receive takes.
+/// The most one buffered receive of a blocking end takes.
 const FILL_WINDOW: usize = 4 * 1024;
 /// Most bytes a vectored read of a whole message reserves ahead of the data that arrived.
 const VEC_CHUNK: usize = 1 << 20;
@@ -27,8 +34,8 @@ pub(crate) enum Side {
 }
 
 #[derive(Debug)]
-pub(crate) struct Conn {
-    sock: OwnedFd,
+pub(crate) struct Conn<S = OwnedFd> {
+    pub(crate) sock: S,
     /// Bytes received and not consumed: `buf[start..end]`.
     buf: Vec<u8>,
     start: usize,
@@ -39,6 +46,10 @@ pub(crate) struct Conn {
     eof: bool,
     /// Set when the connection was ended because of a broken rule.
     ended: bool,
+    /// Frame bytes an async write handed over but could not send yet: `outbox[out_pos..]`,
+    /// sent before anything else.
+    outbox: Vec<u8>,
+    out_pos: usize,
     limit: u32,
     pipe_type: PipeType,
     read_mode: ReadMode,
@@ -60,15 +71,25 @@ fn broken() -> Error {
     )
 }
 
-impl Conn {
+/// The result of a waiting (`wait == true`) operation, which never reports "would block".
+fn waited<T>(r: Option<T>) -> Result<T> {
+    r.ok_or_else(|| {
+        Error::with_message(
+            ErrorKind::Other,
+            "a blocking pipe operation returned without its result",
+        )
+    })
+}
+
+impl<S: AsFd> Conn<S> {
     pub(crate) fn new(
-        sock: OwnedFd,
+        sock: S,
         side: Side,
         pipe_type: PipeType,
         open_mode: OpenMode,
         read_mode: ReadMode,
         limit: u32,
-    ) -> Result<Conn> {
+    ) -> Result<Conn<S>> {
         let cred = socket::peer_cred(&sock)?;
         let (can_read, can_write) = match (open_mode, side) {
             (OpenMode::Duplex, _) => (true, true),
@@ -83,6 +104,8 @@ impl Conn {
             cur: None,
             eof: false,
             ended: false,
+            outbox: Vec::new(),
+            out_pos: 0,
             limit,
             pipe_type,
             read_mode,
@@ -93,6 +116,28 @@ impl Conn {
                 uid: cred.uid,
                 gid: cred.gid,
             },
+        })
+    }
+
+    /// The same connection over another holder of its socket (e.g. a tokio `AsyncFd`).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn map_sock<T>(self, f: impl FnOnce(S) -> Result<T>) -> Result<Conn<T>> {
+        Ok(Conn {
+            sock: f(self.sock)?,
+            buf: self.buf,
+            start: self.start,
+            end: self.end,
+            cur: self.cur,
+            eof: self.eof,
+            ended: self.ended,
+            outbox: self.outbox,
+            out_pos: self.out_pos,
+            limit: self.limit,
+            pipe_type: self.pipe_type,
+            read_mode: self.read_mode,
+            can_read: self.can_read,
+            can_write: self.can_write,
+            peer: self.peer,
         })
     }
 
@@ -128,6 +173,8 @@ impl Conn {
         self.cur = None;
         self.start = 0;
         self.end = 0;
+        self.outbox = Vec::new();
+        self.out_pos = 0;
     }
 
     fn check_read(&self) -> Result<()> {
@@ -160,8 +207,9 @@ impl Conn {
         self.end - self.start
     }
 
-    /// Receives more bytes into the buffer, growing it up to `cap` bytes if it is full.
-    fn fill(&mut self, wait: bool, cap: usize) -> Result<Fill> {
+    /// Receives more bytes into the buffer (at most `window` in one call), growing it up to
+    /// `cap` bytes if it is full.
+    fn fill(&mut self, wait: bool, cap: usize, window: usize) -> Result<Fill> {
         if self.eof {
             return Ok(Fill::Eof);
         }
@@ -181,10 +229,8 @@ impl Conn {
                 return Ok(Fill::WouldBlock);
             }
         }
-        // Read a bounded window: enough to batch many small messages, small enough that the
-        // payload of a large one is received straight into the caller's memory (take_some).
-        let window = (self.end + FILL_WINDOW).min(self.buf.len());
-        match socket::recv(&self.sock, &mut self.buf[self.end..window], wait)? {
+        let upto = self.end.saturating_add(window).min(self.buf.len());
+        match socket::recv(&self.sock, &mut self.buf[self.end..upto], wait)? {
             None => Ok(Fill::WouldBlock),
             Some(0) => {
                 self.eof = true;
@@ -197,12 +243,54 @@ impl Conn {
         }
     }
 
-    /// Consumes the next frame header (waiting for it) and returns the length of the message it
-    /// starts. Control frames end the connection with their error.
-    fn start_message(&mut self) -> Result<usize> {
+    /// Without waiting, receives until at least `need` bytes are buffered: `Ok(false)` when
+    /// the socket has no more yet (what arrived stays buffered).
+    fn gather(&mut self, need: usize) -> Result<bool> {
+        while self.buffered() < need {
+            match self.fill(false, need.max(BUF_LEN), usize::MAX)? {
+                Fill::Got => {}
+                Fill::WouldBlock => return Ok(false),
+                Fill::Eof => return Err(broken()),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Gives back the memory a large message needed, once it is consumed.
+    fn shrink(&mut self) {
+        if self.buf.len() > BUF_LEN && self.buffered() <= BUF_LEN {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            self.buf.truncate(BUF_LEN);
+            self.buf.shrink_to_fit();
+        }
+    }
+
+    /// Consumes `n` payload bytes of the current frame.
+    fn advance(&mut self, n: usize) {
+        let left = self.cur.map_or(0, |c| c - n);
+        self.cur = (left > 0).then_some(left);
+    }
+
+    /// Copies up to `out.len()` buffered payload bytes; returns how many.
+    fn take_buffered(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.buffered());
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        self.advance(n);
+        n
+    }
+
+    /// Consumes the next frame header and returns the length of the message it starts
+    /// (`Ok(None)`: not all there yet, without waiting). Control frames end the connection
+    /// with their error.
+    fn start_message(&mut self, wait: bool) -> Result<Option<usize>> {
         while self.buffered() < HEADER_LEN {
-            if let Fill::Eof = self.fill(true, BUF_LEN)? {
-                return Err(broken());
+            match self.fill(wait, BUF_LEN, if wait { FILL_WINDOW } else { usize::MAX })? {
+                Fill::Got => {}
+                Fill::Eof => return Err(broken()),
+                Fill::WouldBlock => return Ok(None),
             }
         }
         let mut h = [0u8; HEADER_LEN];
@@ -211,7 +299,7 @@ impl Conn {
         match frame::decode(h, self.limit) {
             Ok(Header::Data(n)) => {
                 self.cur = Some(n as usize);
-                Ok(n as usize)
+                Ok(Some(n as usize))
             }
             Ok(Header::Control(Control::Refused)) => {
                 self.end();
@@ -238,75 +326,103 @@ impl Conn {
         }
     }
 
-    /// Copies exactly `out.len()` payload bytes of the current frame, waiting for them.
+    /// The length of the rest of the current message, or of the next one.
+    fn message_left(&mut self, wait: bool) -> Result<Option<usize>> {
+        match self.cur {
+            Some(n) => Ok(Some(n)),
+            None => self.start_message(wait),
+        }
+    }
+
+    /// Waiting: copies exactly `out.len()` payload bytes of the current frame, the buffered
+    /// ones first and the rest straight into `out` (one `MSG_WAITALL` receive).
     fn take_exact(&mut self, out: &mut [u8]) -> Result<()> {
-        let mut done = 0;
-        while done < out.len() {
-            done += self.take_some(&mut out[done..])?;
+        let mut done = self.take_buffered(out);
+        if done < out.len() {
+            if self.eof {
+                return Err(broken());
+            }
+            let n = socket::recv_all(&self.sock, &mut out[done..])?;
+            self.advance(n);
+            done += n;
+            if done < out.len() {
+                self.eof = true;
+                return Err(broken());
+            }
         }
         Ok(())
     }
 
     /// Copies between 1 and `out.len()` (non-zero, at most what is left of the current frame)
-    /// payload bytes, waiting for the first.
-    fn take_some(&mut self, out: &mut [u8]) -> Result<usize> {
-        let n = if self.buffered() > 0 {
-            let n = out.len().min(self.buffered());
-            out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
-            self.start += n;
-            n
-        } else if self.eof {
+    /// payload bytes; `Ok(None)` without waiting when none is there.
+    fn take_some(&mut self, out: &mut [u8], wait: bool) -> Result<Option<usize>> {
+        if self.buffered() > 0 {
+            return Ok(Some(self.take_buffered(out)));
+        }
+        if self.eof {
             return Err(broken());
-        } else {
-            // Nothing buffered: receive straight into the caller's memory.
-            match socket::recv(&self.sock, out, true)? {
-                Some(0) | None => {
-                    self.eof = true;
-                    return Err(broken());
-                }
-                Some(n) => n,
+        }
+        // Nothing buffered: receive straight into the caller's memory.
+        match socket::recv(&self.sock, out, wait)? {
+            None => Ok(None),
+            Some(0) => {
+                self.eof = true;
+                Err(broken())
             }
-        };
-        let left = self.cur.expect("inside a frame") - n;
-        self.cur = (left > 0).then_some(left);
-        Ok(n)
-    }
-
-    /// `ReadFile` in the current read mode.
-    pub(crate) fn read(&mut self, out: &mut [u8]) -> Result<usize> {
-        match self.read_mode {
-            ReadMode::Message => self.read_message(out),
-            ReadMode::Byte => self.read_bytes(out),
+            Some(n) => {
+                self.advance(n);
+                Ok(Some(n))
+            }
         }
     }
 
-    fn read_message(&mut self, out: &mut [u8]) -> Result<usize> {
+    /// `ReadFile` in the current read mode, waiting.
+    pub(crate) fn read(&mut self, out: &mut [u8]) -> Result<usize> {
+        self.read_step(out, true).and_then(waited)
+    }
+
+    /// `ReadFile` in the current read mode; `Ok(None)` when it would wait (`!wait`).
+    pub(crate) fn read_step(&mut self, out: &mut [u8], wait: bool) -> Result<Option<usize>> {
+        match self.read_mode {
+            ReadMode::Message => self.read_message(out, wait),
+            ReadMode::Byte => self.read_bytes(out, wait),
+        }
+    }
+
+    fn read_message(&mut self, out: &mut [u8], wait: bool) -> Result<Option<usize>> {
         self.check_read()?;
-        let left = match self.cur {
-            Some(n) => n,
-            None => self.start_message()?,
+        let Some(left) = self.message_left(wait)? else {
+            return Ok(None);
         };
-        let n = left.min(out.len());
         if left == 0 {
             self.cur = None;
-            return Ok(0);
+            return Ok(Some(0));
         }
-        self.take_exact(&mut out[..n])?;
+        let n = left.min(out.len());
+        if wait {
+            self.take_exact(&mut out[..n])?;
+        } else {
+            // All of it at once, or nothing: an abandoned read must not lose a piece.
+            if !self.gather(n)? {
+                return Ok(None);
+            }
+            self.take_buffered(&mut out[..n]);
+            self.shrink();
+        }
         if n < left {
             return Err(Error::new(ErrorKind::MoreData));
         }
-        Ok(n)
+        Ok(Some(n))
     }
 
-    fn read_bytes(&mut self, out: &mut [u8]) -> Result<usize> {
+    fn read_bytes(&mut self, out: &mut [u8], wait: bool) -> Result<Option<usize>> {
         self.check_read()?;
         if out.is_empty() {
-            return Ok(0);
+            return Ok(Some(0));
         }
         loop {
-            let left = match self.cur {
-                Some(n) => n,
-                None => self.start_message()?,
+            let Some(left) = self.message_left(wait)? else {
+                return Ok(None);
             };
             if left == 0 {
                 // A zero-length message carries no bytes for a byte-mode reader.
@@ -314,17 +430,32 @@ impl Conn {
                 continue;
             }
             let n = left.min(out.len());
-            return self.take_some(&mut out[..n]);
+            return self.take_some(&mut out[..n], wait);
         }
     }
 
-    /// The rest of the current message, or the next whole message.
+    /// The rest of the current message, or the next whole message, waiting.
     pub(crate) fn read_to_vec(&mut self) -> Result<Vec<u8>> {
+        self.read_vec_step(true).and_then(waited)
+    }
+
+    /// The rest of the current message, or the next whole message; `Ok(None)` when it would
+    /// wait (`!wait`).
+    pub(crate) fn read_vec_step(&mut self, wait: bool) -> Result<Option<Vec<u8>>> {
         self.check_read()?;
-        let left = match self.cur {
-            Some(n) => n,
-            None => self.start_message()?,
+        let Some(left) = self.message_left(wait)? else {
+            return Ok(None);
         };
+        if !wait {
+            if !self.gather(left)? {
+                return Ok(None);
+            }
+            let v = self.buf[self.start..self.start + left].to_vec();
+            self.start += left;
+            self.cur = None;
+            self.shrink();
+            return Ok(Some(v));
+        }
         let mut v = Vec::with_capacity(left.min(VEC_CHUNK));
         while v.len() < left {
             let old = v.len();
@@ -334,14 +465,14 @@ impl Conn {
             self.take_exact(&mut v[old..])?;
         }
         self.cur = None;
-        Ok(v)
+        Ok(Some(v))
     }
 
     /// `PeekNamedPipe`: copies without consuming, never waits.
     pub(crate) fn peek(&mut self, out: &mut [u8]) -> Result<PeekInfo> {
         self.check_read()?;
         let cap = BUF_LEN + out.len().min(self.limit as usize) + HEADER_LEN;
-        while let Fill::Got = self.fill(false, cap)? {}
+        while let Fill::Got = self.fill(false, cap, usize::MAX)? {}
         let data = &self.buf[self.start..self.end];
         let mut pos = 0;
         let mut left = self.cur;
@@ -394,40 +525,106 @@ impl Conn {
         Ok(info)
     }
 
-    /// `WriteFile`: one message (message-type pipe), or bytes of the stream.
+    /// `WriteFile`, waiting: one message (message-type pipe), or bytes of the stream.
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<usize> {
+        self.write_step(data, true).and_then(waited)
+    }
+
+    /// `WriteFile`: one message (message-type pipe), or bytes of the stream. Without waiting
+    /// (`!wait`): `Ok(None)` when nothing of `data` could be sent (retry when the socket is
+    /// writable); otherwise `data` is taken whole and what did not fit waits in the outbox,
+    /// which [`flush_step`](Self::flush_step) and every later write send first.
+    pub(crate) fn write_step(&mut self, data: &[u8], wait: bool) -> Result<Option<usize>> {
         self.check_write()?;
-        match self.pipe_type {
-            PipeType::Message => {
-                if data.len() > self.limit as usize {
-                    return Err(Error::with_message(
-                        ErrorKind::MessageTooLarge,
-                        format!(
-                            "a {}-byte message is over this pipe's limit of {} bytes",
-                            data.len(),
-                            self.limit
-                        ),
-                    ));
-                }
-                let h = frame::data_header(data.len() as u32);
-                socket::send_all(&self.sock, &[&h, data])?;
+        if self.pipe_type == PipeType::Message && data.len() > self.limit as usize {
+            return Err(Error::with_message(
+                ErrorKind::MessageTooLarge,
+                format!(
+                    "a {}-byte message is over this pipe's limit of {} bytes",
+                    data.len(),
+                    self.limit
+                ),
+            ));
+        }
+        if !self.flush_step(wait)? {
+            return Ok(None);
+        }
+        // A message is one frame; a byte stream has no boundaries to keep and is sent in
+        // frames within the limit (a write of 0 bytes sends nothing).
+        let frames: Vec<&[u8]> = match self.pipe_type {
+            PipeType::Message => vec![data],
+            PipeType::Byte => data.chunks(self.limit as usize).collect(),
+        };
+        let mut sent_any = false;
+        for (i, chunk) in frames.iter().enumerate() {
+            let h = frame::data_header(chunk.len() as u32);
+            if wait {
+                socket::send_all(&self.sock, &[&h, chunk])?;
+                continue;
             }
-            PipeType::Byte => {
-                // A byte stream has no boundaries to keep: send it in frames within the limit.
-                for chunk in data.chunks(self.limit as usize) {
-                    let h = frame::data_header(chunk.len() as u32);
-                    socket::send_all(&self.sock, &[&h, chunk])?;
+            let wire = HEADER_LEN + chunk.len();
+            let mut off = 0;
+            while off < wire {
+                let (a, b): (&[u8], &[u8]) = if off < HEADER_LEN {
+                    (&h[off..], chunk)
+                } else {
+                    (&[], &chunk[off - HEADER_LEN..])
+                };
+                match socket::send_nowait(&self.sock, &[a, b])? {
+                    Some(n) => {
+                        off += n;
+                        sent_any = true;
+                    }
+                    None if !sent_any => return Ok(None),
+                    None => {
+                        // Part of the frame is on its way: the rest must follow it.
+                        self.outbox.extend_from_slice(a);
+                        self.outbox.extend_from_slice(b);
+                        for later in &frames[i + 1..] {
+                            self.outbox
+                                .extend_from_slice(&frame::data_header(later.len() as u32));
+                            self.outbox.extend_from_slice(later);
+                        }
+                        return Ok(Some(data.len()));
+                    }
                 }
             }
         }
-        Ok(data.len())
+        Ok(Some(data.len()))
     }
 
-    /// `TransactNamedPipe`: writes one message and reads one reply.
+    /// Sends what waits in the outbox; `Ok(false)` when some is left and the socket is full
+    /// (`!wait`).
+    pub(crate) fn flush_step(&mut self, wait: bool) -> Result<bool> {
+        while self.out_pos < self.outbox.len() {
+            if wait {
+                socket::send_all(&self.sock, &[&self.outbox[self.out_pos..]])?;
+                self.out_pos = self.outbox.len();
+            } else {
+                match socket::send_nowait(&self.sock, &[&self.outbox[self.out_pos..]])? {
+                    Some(n) => self.out_pos += n,
+                    None => return Ok(false),
+                }
+            }
+        }
+        if !self.outbox.is_empty() {
+            self.outbox = Vec::new();
+            self.out_pos = 0;
+        }
+        Ok(true)
+    }
+
+    /// Whether frame bytes wait in the outbox.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn has_outbox(&self) -> bool {
+        self.out_pos < self.outbox.len()
+    }
+
+    /// `TransactNamedPipe`: writes one message and reads one reply, waiting.
     pub(crate) fn transact(&mut self, request: &[u8], out: &mut [u8]) -> Result<usize> {
         self.check_transact()?;
         self.write(request)?;
-        self.read_message(out)
+        self.read_message(out, true).and_then(waited)
     }
 
     /// Like [`transact`](Self::transact), returning the whole reply.
@@ -437,7 +634,9 @@ impl Conn {
         self.read_to_vec()
     }
 
-    fn check_transact(&mut self) -> Result<()> {
+    /// Whether a transaction may start: a message-type pipe in message read mode, with no
+    /// unread data.
+    pub(crate) fn check_transact(&mut self) -> Result<()> {
         if self.pipe_type != PipeType::Message || self.read_mode != ReadMode::Message {
             return Err(Error::with_message(
                 ErrorKind::InvalidParameter,

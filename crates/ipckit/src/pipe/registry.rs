@@ -1,25 +1,27 @@
-//! The instance directory of a named pipe: who serves it, which instances are free, and how a
-//! client claims one. The scheme is specified in `docs/protocol/pipe.md`:
+//! The instance directory of a named pipe: who serves it, which instances are free, how a client
+//! connects to one, and where the directory lives. The scheme is specified in
+//! `docs/protocol/pipe.md`:
 //!
 //! ```text
-//! RUNTIME/pipe/.lock                   flock: creating or closing an instance of any pipe
-//! RUNTIME/pipe/ENC/meta                the pipe's parameters (64 bytes, see meta.rs)
-//! RUNTIME/pipe/ENC/i-PID-N             one per instance; its server holds a shared flock
-//! RUNTIME/pipe/ENC/i-PID-N.sock        the instance's listening socket, while it is free
-//! RUNTIME/pipe/ENC/c-PID-N.CPID-M.sock the same socket, renamed by the client CPID claiming it
+//! RUNTIME/pipe/.lock                  flock: creating or closing an instance of any pipe
+//! RUNTIME/pipe/ENC/meta               the pipe's parameters (64 bytes, see meta.rs)
+//! RUNTIME/pipe/ENC/i-PID-N            one per instance; its server holds a shared flock
+//! RUNTIME/pipe/ENC/i-PID-N.sock       the instance's listening socket, while it is free
+//!
+//! GLOBAL/pipe/UID/...                 the same, for a pipe that user UID published for others
 //! ```
 //!
-//! A client claims a free instance by renaming its socket to a name of its own (atomic: one
-//! client wins), connects to that name and removes it. So at most one client ever connects to a
-//! listening socket, and a busy instance has no socket name at all: a connect can never be left
-//! queued on a busy instance.
+//! A free instance listens with a backlog of 0, so at most one connection can wait on it (a
+//! second connect fails with `EAGAIN`). When one waits, the server removes the socket's name,
+//! stops the listener from taking connections (`shutdown(SHUT_RD)`: a connect racing with it is
+//! refused) and only then accepts: exactly one client ever connects to a listening socket, and
+//! no connect is ever left queued on a busy instance. Clients never write to the directory, so
+//! the scheme works unchanged in a folder that other users may only read.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use rustix::io::Errno;
 
 use super::meta::Meta;
 use crate::error::{Error, ErrorKind, Result};
@@ -30,11 +32,27 @@ use crate::sys::{fd, file, process, socket};
 
 const FOLDER_LOCK: &str = ".lock";
 const META: &str = "meta";
+/// Mode of the files of a published pipe that its clients read (the metadata, slot files).
+const PUBLISHED_FILE_MODE: u32 = 0o644;
+/// Mode of a published pipe's listening sockets (connecting needs write permission).
+const PUBLISHED_SOCKET_MODE: u32 = 0o666;
+/// How often a wait for a free instance re-checks the servers when the kernel cannot report
+/// their end (no `pidfd_open`).
+const FALLBACK_RECHECK: Duration = Duration::from_millis(250);
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn next_id() -> u64 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where a pipe's directory lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// In the user's private runtime folder (`RUNTIME/pipe/ENC`): only this user reaches it.
+    Private,
+    /// Published by the user `owner` for other users (`GLOBAL/pipe/OWNER/ENC`, folders 0755).
+    Published { owner: u32 },
 }
 
 /// An open pipe directory.
@@ -45,7 +63,8 @@ pub(crate) struct PipeDir {
 }
 
 /// `RUNTIME/pipe/.lock`, held exclusively while an instance is created or closed (and
-/// `RUNTIME/mailslot/.lock` while a mailslot is: any private folder's `.lock`).
+/// `RUNTIME/mailslot/.lock` while a mailslot is: any private folder's `.lock`; and a published
+/// pipe folder's `.lock`).
 #[derive(Debug)]
 pub(crate) struct FolderLock(OwnedFd);
 
@@ -57,7 +76,7 @@ impl Drop for FolderLock {
     }
 }
 
-/// Takes the exclusive lock of the private folder `folder` (its `.lock` file, created 0600).
+/// Takes the exclusive lock of the folder `folder` (its `.lock` file, created 0600).
 pub(crate) fn folder_lock(folder: &SecureDir) -> Result<FolderLock> {
     let fd = match fd::open_file(folder, folder.path(), FOLDER_LOCK) {
         Ok(fd) => fd,
@@ -85,7 +104,13 @@ fn component(ns: &Namespace, name: &PipeName) -> Result<String> {
         .to_owned())
 }
 
-fn is_slot(name: &str) -> bool {
+/// The folder that holds the published pipes of `owner` (created when `create` and absent).
+fn published_folder(ns: &Namespace, owner: u32) -> Result<SecureDir> {
+    ns.folder(Folder::Pipe, Scope::Global)?
+        .subdir(&owner.to_string(), DirPolicy::Published)
+}
+
+pub(crate) fn is_slot(name: &str) -> bool {
     name.starts_with("i-") && !name.contains('.')
 }
 
@@ -93,29 +118,21 @@ fn sock_of(slot: &str) -> String {
     format!("{slot}.sock")
 }
 
-/// `c-PID-N.` for the slot `i-PID-N`.
-fn claim_prefix(slot: &str) -> String {
-    format!("c-{}.", &slot[2..])
-}
-
-/// The slot a claim belongs to and the claiming pid.
-fn parse_claim(name: &str) -> Option<(String, u32)> {
-    let rest = name.strip_prefix("c-")?.strip_suffix(".sock")?;
-    let (inst, client) = rest.split_once('.')?;
-    let pid = client.split_once('-')?.0.parse().ok()?;
-    Some((format!("i-{inst}"), pid))
+/// The server pid in a slot name `i-PID-N`.
+fn slot_pid(slot: &str) -> Option<u32> {
+    slot.strip_prefix("i-")?.split_once('-')?.0.parse().ok()
 }
 
 /// Whether the instance `slot` has a live server: someone holds a lock on its slot file.
 fn slot_alive(dir: &PipeDir, slot: &str) -> bool {
-    match fd::open_file(&dir.fd, &dir.path, slot) {
+    match fd::open_file_read(&dir.fd, &dir.path, slot) {
         Ok(f) => !matches!(file::try_lock_exclusive(&f), Ok(true)),
         Err(_) => false,
     }
 }
 
-/// Removes dead instances (slot files nobody locks, with their sockets and claims) and orphaned
-/// files. Caller holds the folder lock. Returns the live slots.
+/// Removes dead instances (slot files nobody locks, with their sockets) and orphaned files.
+/// Caller holds the folder lock. Returns the live slots.
 fn sweep(dir: &PipeDir) -> Result<Vec<String>> {
     let names = fd::list(&dir.fd, &dir.path)?;
     let mut live = Vec::new();
@@ -124,20 +141,16 @@ fn sweep(dir: &PipeDir) -> Result<Vec<String>> {
             continue;
         };
         if file::try_lock_exclusive(&f)? {
-            remove_instance_files(dir, slot, &names)?;
+            remove_instance_files(dir, slot)?;
         } else {
             live.push(slot.clone());
         }
     }
     for n in &names {
-        let owner = if let Some(slot) = n.strip_suffix(".sock").filter(|s| is_slot(s)) {
-            Some(slot.to_owned())
-        } else {
-            parse_claim(n).map(|(slot, _)| slot)
-        };
-        let orphan = match owner {
-            Some(slot) => !live.contains(&slot),
-            None => n.starts_with("meta.tmp-"),
+        let orphan = match n.strip_suffix(".sock").filter(|s| is_slot(s)) {
+            Some(slot) => !live.iter().any(|l| l == slot),
+            // Claim files of the first version of the scheme, and metadata being written.
+            None => n.starts_with("meta.tmp-") || n.starts_with("c-"),
         };
         if orphan {
             fd::remove_file(&dir.fd, &dir.path, n)?;
@@ -146,17 +159,13 @@ fn sweep(dir: &PipeDir) -> Result<Vec<String>> {
     Ok(live)
 }
 
-fn remove_instance_files(dir: &PipeDir, slot: &str, names: &[String]) -> Result<()> {
+fn remove_instance_files(dir: &PipeDir, slot: &str) -> Result<()> {
     fd::remove_file(&dir.fd, &dir.path, &sock_of(slot))?;
-    let prefix = claim_prefix(slot);
-    for n in names.iter().filter(|n| n.starts_with(&prefix)) {
-        fd::remove_file(&dir.fd, &dir.path, n)?;
-    }
     fd::remove_file(&dir.fd, &dir.path, slot)
 }
 
 pub(crate) fn read_meta(dir: &PipeDir) -> Result<Meta> {
-    let f = fd::open_file(&dir.fd, &dir.path, META)?;
+    let f = fd::open_file_read(&dir.fd, &dir.path, META)?;
     if file::size(&f)? != Meta::LEN as u64 {
         return Err(Error::with_message(
             ErrorKind::Protocol,
@@ -168,14 +177,31 @@ pub(crate) fn read_meta(dir: &PipeDir) -> Result<Meta> {
     Meta::decode(&b)
 }
 
-fn write_meta(dir: &PipeDir, meta: &Meta) -> Result<()> {
+fn write_meta(dir: &PipeDir, meta: &Meta, mode: u32) -> Result<()> {
     let tmp = format!("meta.tmp-{}-{}", process::current_pid(), next_id());
     fd::remove_file(&dir.fd, &dir.path, &tmp)?;
     let f = fd::create_file(&dir.fd, &dir.path, &tmp, 0o600)?;
+    if mode != 0o600 {
+        file::set_mode(&f, mode)?;
+    }
     file::write_all_at(&f, &meta.encode(), 0)?;
     drop(f);
     fd::rename(&dir.fd, &tmp, META)
         .map_err(|e| Error::from_io("cannot publish pipe metadata", e.into()))
+}
+
+/// Whether the pipe `component` has a live instance in `folder`. Nothing is created.
+fn alive_in(folder: &SecureDir, component: &str) -> bool {
+    let Ok(fd) = fd::open_subdir(folder, folder.path(), component) else {
+        return false;
+    };
+    let dir = PipeDir {
+        fd,
+        path: folder.path().join(component),
+    };
+    fd::list(&dir.fd, &dir.path)
+        .map(|names| names.iter().any(|n| is_slot(n) && slot_alive(&dir, n)))
+        .unwrap_or(false)
 }
 
 /// One server instance, registered in the pipe's directory.
@@ -183,6 +209,7 @@ fn write_meta(dir: &PipeDir, meta: &Meta) -> Result<()> {
 pub(crate) struct Instance {
     pub dir: PipeDir,
     pub meta: Meta,
+    place: Place,
     folder: SecureDir,
     component: String,
     slot: String,
@@ -195,14 +222,47 @@ pub(crate) struct CreateRequest<'a> {
     pub meta: Meta,
     pub first_instance: bool,
     pub name: &'a PipeName,
+    /// Private, or published by this user.
+    pub publish: bool,
 }
 
 /// `CreateNamedPipe`: registers a new instance (not yet listening).
 pub(crate) fn create_instance(ns: &Namespace, req: &CreateRequest<'_>) -> Result<Instance> {
     let component = component(ns, req.name)?;
-    let folder = ns.folder(Folder::Pipe, Scope::Local)?;
-    let _guard = folder_lock(&folder)?;
-    let sdir = folder.subdir(&component, DirPolicy::Private)?;
+    let me = process::current_uid();
+    // The private folder's lock orders every creation of this user's pipes, published or not,
+    // so that one name is never a private and a published pipe at once.
+    let private = ns.folder(Folder::Pipe, Scope::Local)?;
+    let _private_guard = folder_lock(&private)?;
+    let (folder, place, _published_guard) = if req.publish {
+        let f = published_folder(ns, me)?;
+        let g = folder_lock(&f)?;
+        if alive_in(&private, &component) {
+            return Err(exists_elsewhere(req.name, "private"));
+        }
+        (f, Place::Published { owner: me }, Some(g))
+    } else {
+        let shared = ns
+            .global_dir()
+            .join(Folder::Pipe.dir_name())
+            .join(me.to_string());
+        // Only looked at when this user published pipes there (nothing is created).
+        if shared.join(&component).is_dir()
+            && SecureDir::open_or_create(&shared, DirPolicy::Published)
+                .is_ok_and(|f| alive_in(&f, &component))
+        {
+            return Err(exists_elsewhere(
+                req.name,
+                "published (shared with other users)",
+            ));
+        }
+        (private, Place::Private, None)
+    };
+    let (policy, file_mode) = match place {
+        Place::Private => (DirPolicy::Private, 0o600),
+        Place::Published { .. } => (DirPolicy::Published, PUBLISHED_FILE_MODE),
+    };
+    let sdir = folder.subdir(&component, policy)?;
     let dir = PipeDir {
         fd: fd::duplicate(&sdir)?,
         path: sdir.path().to_owned(),
@@ -211,7 +271,7 @@ pub(crate) fn create_instance(ns: &Namespace, req: &CreateRequest<'_>) -> Result
     let meta = if live.is_empty() {
         let mut meta = req.meta;
         meta.creator_pid = process::current_pid();
-        write_meta(&dir, &meta)?;
+        write_meta(&dir, &meta, file_mode)?;
         meta
     } else {
         if req.first_instance {
@@ -252,10 +312,14 @@ pub(crate) fn create_instance(ns: &Namespace, req: &CreateRequest<'_>) -> Result
             Err(e) => return Err(e),
         }
     };
+    if file_mode != 0o600 {
+        file::set_mode(&slot_fd, file_mode)?;
+    }
     file::lock_shared(&slot_fd)?;
     Ok(Instance {
         dir,
         meta,
+        place,
         folder,
         component,
         slot,
@@ -263,12 +327,13 @@ pub(crate) fn create_instance(ns: &Namespace, req: &CreateRequest<'_>) -> Result
     })
 }
 
-/// What a server waiting for a client finds when its accept times out.
-pub(crate) enum Reach {
-    /// Clients can reach the listener (or one is connecting).
-    Fine,
-    /// The socket's name is gone without a live claimant: listen anew.
-    Relisten,
+fn exists_elsewhere(name: &PipeName, place: &str) -> Error {
+    Error::with_message(
+        ErrorKind::AccessDenied,
+        format!(
+            "{name} exists as a {place} pipe; new instances must be shared with other users alike"
+        ),
+    )
 }
 
 impl Instance {
@@ -276,51 +341,29 @@ impl Instance {
         sock_of(&self.slot)
     }
 
-    /// Makes the instance free: a new listening socket under its name (stale claims removed).
-    /// At most one connection can wait on it (backlog 0), and only a claimant finds it.
+    /// Makes the instance free: a new non-blocking listening socket under its name. At most one
+    /// connection can wait on it (backlog 0).
     pub(crate) fn listen(&self) -> Result<OwnedFd> {
-        self.remove_claims()?;
         fd::remove_file(&self.dir.fd, &self.dir.path, &self.sock())?;
-        socket::bind_listen_at(&self.dir.fd, &self.dir.path, &self.sock(), 0)
+        let mode = match self.place {
+            Place::Private => None,
+            Place::Published { .. } => Some(PUBLISHED_SOCKET_MODE),
+        };
+        socket::bind_listen_at(&self.dir.fd, &self.dir.path, &self.sock(), 0, mode)
     }
 
-    fn remove_claims(&self) -> Result<()> {
-        let prefix = claim_prefix(&self.slot);
-        for n in fd::list(&self.dir.fd, &self.dir.path)? {
-            if n.starts_with(&prefix) {
-                fd::remove_file(&self.dir.fd, &self.dir.path, &n)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Called while waiting for a client: gives back the name a dead claimant took.
-    pub(crate) fn check_reachable(&self) -> Result<Reach> {
-        let names = fd::list(&self.dir.fd, &self.dir.path)?;
-        if names.contains(&self.sock()) {
-            return Ok(Reach::Fine);
-        }
-        let prefix = claim_prefix(&self.slot);
-        let mut any = false;
-        for n in names.iter().filter(|n| n.starts_with(&prefix)) {
-            any = true;
-            if let Some((_, pid)) = parse_claim(n)
-                && !process::process_exists(pid)
-            {
-                // The claimant died before it connected: free the instance again.
-                match fd::rename(&self.dir.fd, n, &self.sock()) {
-                    Ok(()) | Err(Errno::NOENT) => return Ok(Reach::Fine),
-                    Err(e) => return Err(Error::from_io("cannot restore pipe socket", e.into())),
-                }
-            }
-        }
-        Ok(if any { Reach::Fine } else { Reach::Relisten })
+    /// Takes the connection waiting on `listener` (which was reported readable): removes the
+    /// socket's name, stops the listener from taking more, then accepts. `Ok(None)` when no
+    /// connection was there after all: the caller listens anew.
+    pub(crate) fn take_client(&self, listener: impl AsFd) -> Result<Option<OwnedFd>> {
+        self.unlisten()?;
+        socket::close_door(&listener)?;
+        socket::accept_now(&listener)
     }
 
     /// Removes the name of the listening socket (the instance is connected or closing).
     pub(crate) fn unlisten(&self) -> Result<()> {
-        fd::remove_file(&self.dir.fd, &self.dir.path, &self.sock())?;
-        self.remove_claims()
+        fd::remove_file(&self.dir.fd, &self.dir.path, &self.sock())
     }
 
     /// The live instances of the pipe now (this one included).
@@ -334,8 +377,7 @@ impl Instance {
 
     fn close(&self) -> Result<()> {
         let _guard = folder_lock(&self.folder)?;
-        let names = fd::list(&self.dir.fd, &self.dir.path)?;
-        remove_instance_files(&self.dir, &self.slot, &names)?;
+        remove_instance_files(&self.dir, &self.slot)?;
         if sweep(&self.dir)?.is_empty() {
             // The last instance: the pipe goes away with it.
             for n in fd::list(&self.dir.fd, &self.dir.path)? {
@@ -355,70 +397,81 @@ impl Drop for Instance {
     }
 }
 
+fn not_found(name: &PipeName) -> Error {
+    Error::with_message(ErrorKind::NotFound, format!("no pipe named {name}"))
+}
+
 /// Opens a pipe's directory for a client: [`ErrorKind::NotFound`] when there is no such pipe.
-pub(crate) fn open_dir(ns: &Namespace, name: &PipeName) -> Result<PipeDir> {
+/// The folders must belong to the user who serves the pipe there.
+pub(crate) fn open_dir(ns: &Namespace, name: &PipeName, place: Place) -> Result<PipeDir> {
     let component = component(ns, name)?;
-    let folder = ns.folder(Folder::Pipe, Scope::Local)?;
-    let not_found = || Error::with_message(ErrorKind::NotFound, format!("no pipe named {name}"));
-    let fd = fd::open_subdir(&folder, folder.path(), &component).map_err(|e| {
+    let nf = |e: Error| {
         if e.kind() == ErrorKind::NotFound {
-            not_found()
+            not_found(name)
         } else {
             e
         }
-    })?;
-    Ok(PipeDir {
-        fd,
-        path: folder.path().join(&component),
+    };
+    let (fd, path) = match place {
+        Place::Private => {
+            let folder = ns.folder(Folder::Pipe, Scope::Local)?;
+            let fd = fd::open_subdir(&folder, folder.path(), &component).map_err(nf)?;
+            (fd, folder.path().join(&component))
+        }
+        Place::Published { owner } => {
+            let user = owner.to_string();
+            // A client creates nothing (it may not be allowed to): no folder, no pipe.
+            let folder = ns.global_dir().join(Folder::Pipe.dir_name()).join(&user);
+            if !folder.is_dir() {
+                return Err(not_found(name));
+            }
+            let shared = ns.folder(Folder::Pipe, Scope::Global)?;
+            let ofd = fd::open_subdir_of(&shared, shared.path(), &user, owner).map_err(nf)?;
+            let opath = shared.path().join(&user);
+            let fd = fd::open_subdir_of(&ofd, &opath, &component, owner).map_err(nf)?;
+            (fd, opath.join(&component))
+        }
+    };
+    Ok(PipeDir { fd, path })
+}
+
+/// Reads a client's view of the pipe's metadata: [`ErrorKind::NotFound`] when it is gone.
+pub(crate) fn client_meta(dir: &PipeDir, name: &PipeName) -> Result<Meta> {
+    read_meta(dir).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            not_found(name)
+        } else {
+            e
+        }
     })
 }
 
-/// `CreateFile` on a pipe: claims a free instance and connects to it. Fails with
-/// [`ErrorKind::PipeBusy`] when instances exist but none is free, [`ErrorKind::NotFound`]
-/// when none exists.
-pub(crate) fn connect(ns: &Namespace, name: &PipeName) -> Result<(OwnedFd, Meta)> {
-    let not_found = || Error::with_message(ErrorKind::NotFound, format!("no pipe named {name}"));
-    let dir = open_dir(ns, name)?;
-    let meta = match read_meta(&dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Err(not_found()),
-        Err(e) => return Err(e),
-    };
+/// `CreateFile` on a pipe: connects to a free instance (the socket returned is blocking).
+/// Fails with [`ErrorKind::PipeBusy`] when instances exist but none is free,
+/// [`ErrorKind::NotFound`] when none exists.
+pub(crate) fn connect(dir: &PipeDir, name: &PipeName) -> Result<OwnedFd> {
     let names = fd::list(&dir.fd, &dir.path)?;
     let free: Vec<&String> = names
         .iter()
         .filter(|n| n.strip_suffix(".sock").is_some_and(is_slot))
         .collect();
-    let me = process::current_pid();
     let start = if free.is_empty() {
         0
     } else {
-        (me as usize).wrapping_add(next_id() as usize) % free.len()
+        (process::current_pid() as usize).wrapping_add(next_id() as usize) % free.len()
     };
     for i in 0..free.len() {
         let sock = free[(start + i) % free.len()];
-        let slot = sock.strip_suffix(".sock").expect("filtered");
-        let claim = format!("{}{me}-{}.sock", claim_prefix(slot), next_id());
-        match fd::rename(&dir.fd, sock, &claim) {
-            Ok(()) => {}
-            Err(Errno::NOENT) => continue, // another client claimed it first
-            Err(e) => return Err(Error::from_io("cannot claim a pipe instance", e.into())),
-        }
-        match socket::connect_at(&dir.fd, &dir.path, &claim) {
-            Ok(sock_fd) => {
-                fd::remove_file(&dir.fd, &dir.path, &claim)?;
-                return Ok((sock_fd, meta));
-            }
-            Err(Errno::AGAIN) => {
-                // A connection already waits on it: give the name back, try another.
-                let _ = fd::rename(&dir.fd, &claim, sock);
-            }
-            Err(Errno::CONNREFUSED | Errno::NOENT) => {
-                // A socket left by a server that died or is closing the instance.
-                fd::remove_file(&dir.fd, &dir.path, &claim)?;
-            }
+        match socket::connect_at(&dir.fd, &dir.path, sock) {
+            Ok(fd) => return Ok(fd),
+            // EAGAIN: a client is already waiting on it; ECONNREFUSED: its server is taking a
+            // client (or died); ENOENT: it was taken meanwhile. Try the next.
+            Err(
+                rustix::io::Errno::AGAIN
+                | rustix::io::Errno::CONNREFUSED
+                | rustix::io::Errno::NOENT,
+            ) => {}
             Err(e) => {
-                let _ = fd::rename(&dir.fd, &claim, sock);
                 return Err(Error::from_io(
                     format!("cannot connect to {name}"),
                     e.into(),
@@ -426,62 +479,132 @@ pub(crate) fn connect(ns: &Namespace, name: &PipeName) -> Result<(OwnedFd, Meta)
             }
         }
     }
-    if names.iter().any(|n| is_slot(n) && slot_alive(&dir, n)) {
+    if names.iter().any(|n| is_slot(n) && slot_alive(dir, n)) {
         Err(Error::with_message(
             ErrorKind::PipeBusy,
             format!("all instances of {name} are busy"),
         ))
     } else {
-        Err(not_found())
+        Err(not_found(name))
     }
 }
 
-/// `WaitNamedPipe`: waits until an instance of the pipe is free, at most `timeout`
-/// ([`PipeWait::Default`](super::PipeWait::Default) is the server's default timeout from the
-/// pipe's metadata).
-pub(crate) fn wait_free(ns: &Namespace, name: &PipeName, timeout: super::PipeWait) -> Result<()> {
-    let not_found = || Error::with_message(ErrorKind::NotFound, format!("no pipe named {name}"));
-    let dir = open_dir(ns, name)?;
-    let meta = read_meta(&dir).map_err(|e| {
-        if e.kind() == ErrorKind::NotFound {
-            not_found()
-        } else {
-            e
-        }
-    })?;
-    let deadline = match timeout {
-        super::PipeWait::Default => Some(Instant::now() + meta.default_timeout()),
-        super::PipeWait::Forever => None,
-        super::PipeWait::Timeout(t) => Some(Instant::now() + t),
-    };
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let names = match fd::list(&dir.fd, &dir.path) {
+/// What a wait for a free instance does next.
+#[derive(Debug)]
+pub(crate) enum WaitStep {
+    /// An instance is free.
+    Ready,
+    /// Nothing is free: wait until the folder changes (its watch), one of these descriptors
+    /// (the servers' ends) becomes readable, or `slice` passes (`None`: no limit but the
+    /// deadline), then step again.
+    Sleep {
+        exits: Vec<OwnedFd>,
+        slice: Option<Duration>,
+    },
+}
+
+/// `WaitNamedPipe`: waits until an instance of the pipe is free. Shared by the blocking and
+/// the async driver: [`step`](Self::step) checks, the driver waits on what it returns.
+#[derive(Debug)]
+pub(crate) struct FreeWait {
+    dir: PipeDir,
+    name: PipeName,
+    deadline: Option<Instant>,
+}
+
+impl FreeWait {
+    /// Starts a wait of at most `timeout` ([`PipeWait::Default`](super::PipeWait::Default) is
+    /// the server's default timeout from the metadata). Returns the folder watch to wait on,
+    /// made before the first check so that no change is missed.
+    pub(crate) fn new(
+        dir: PipeDir,
+        name: &PipeName,
+        timeout: super::PipeWait,
+    ) -> Result<(FreeWait, OwnedFd)> {
+        let meta = client_meta(&dir, name)?;
+        let deadline = match timeout {
+            super::PipeWait::Default => Some(Instant::now() + meta.default_timeout()),
+            super::PipeWait::Forever => None,
+            super::PipeWait::Timeout(t) => Some(Instant::now() + t),
+        };
+        let watch = socket::watch_dir(&dir.fd)?;
+        Ok((
+            FreeWait {
+                dir,
+                name: name.clone(),
+                deadline,
+            },
+            watch,
+        ))
+    }
+
+    /// Time left, `None` without a deadline.
+    pub(crate) fn left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Checks the directory (after reading the watch's events away): ready when a live instance
+    /// has its socket name, [`ErrorKind::NotFound`] when no instance lives,
+    /// [`ErrorKind::Timeout`] (`ERROR_SEM_TIMEOUT`, 121) when the time ran out.
+    pub(crate) fn step(&mut self, watch: BorrowedFd<'_>) -> Result<WaitStep> {
+        socket::drain_watch(watch)?;
+        let names = match fd::list(&self.dir.fd, &self.dir.path) {
             Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(not_found()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(not_found(&self.name)),
             Err(e) => return Err(e),
         };
         let live: Vec<&String> = names
             .iter()
-            .filter(|n| is_slot(n) && slot_alive(&dir, n))
+            .filter(|n| is_slot(n) && slot_alive(&self.dir, n))
             .collect();
         if live.is_empty() {
-            return Err(not_found());
+            return Err(not_found(&self.name));
         }
         if live.iter().any(|s| names.contains(&sock_of(s))) {
-            return Ok(());
+            return Ok(WaitStep::Ready);
         }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
+        if self.left().is_some_and(|l| l.is_zero()) {
             return Err(Error::with_message(
                 ErrorKind::Timeout,
-                format!("no instance of {name} became free in time"),
+                format!("no instance of {} became free in time", self.name),
             )
             .with_win32_code(121)); // ERROR_SEM_TIMEOUT
         }
-        let nap = deadline.map_or(pause, |d| pause.min(d - now));
-        std::thread::sleep(nap);
-        pause = (pause * 2).min(Duration::from_millis(20));
+        // A server that dies removes nothing: watch the serving processes' ends too.
+        let mut exits = Vec::new();
+        let mut slice = None;
+        let mut pids: Vec<u32> = live.iter().filter_map(|s| slot_pid(s)).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            match socket::process_exit_fd(pid) {
+                Ok(Some(fd)) => exits.push(fd),
+                // Gone already: look again at once.
+                Ok(None) => slice = Some(Duration::ZERO),
+                Err(_) => slice = Some(slice.unwrap_or(FALLBACK_RECHECK).min(FALLBACK_RECHECK)),
+            }
+        }
+        Ok(WaitStep::Sleep { exits, slice })
+    }
+}
+
+/// `WaitNamedPipe`, blocking.
+pub(crate) fn wait_free(dir: PipeDir, name: &PipeName, timeout: super::PipeWait) -> Result<()> {
+    let (mut w, watch) = FreeWait::new(dir, name, timeout)?;
+    loop {
+        match w.step(watch.as_fd())? {
+            WaitStep::Ready => return Ok(()),
+            WaitStep::Sleep { exits, slice } => {
+                let mut fds = vec![watch.as_fd()];
+                fds.extend(exits.iter().map(AsFd::as_fd));
+                let t = match (w.left(), slice) {
+                    (Some(l), Some(s)) => Some(l.min(s)),
+                    (l, s) => l.or(s),
+                };
+                socket::wait_readable(&fds, t)?;
+            }
+        }
     }
 }
 
@@ -494,12 +617,8 @@ mod tests {
         assert!(is_slot("i-12-3"));
         assert!(!is_slot("i-12-3.sock"));
         assert!(!is_slot("meta"));
-        assert_eq!(claim_prefix("i-12-3"), "c-12-3.");
-        assert_eq!(
-            parse_claim("c-12-3.99-7.sock"),
-            Some(("i-12-3".to_owned(), 99))
-        );
-        assert_eq!(parse_claim("c-12-3.sock"), None);
-        assert_eq!(parse_claim("c-12-3.x-1.sock"), None);
+        assert_eq!(slot_pid("i-12-3"), Some(12));
+        assert_eq!(slot_pid("i-x-3"), None);
+        assert_eq!(sock_of("i-12-3"), "i-12-3.sock");
     }
 }

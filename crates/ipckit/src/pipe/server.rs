@@ -1,12 +1,12 @@
 //! The server end of a named pipe: one instance (`CreateNamedPipe`).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, Side};
 use super::frame::Control;
 use super::meta::{FLAG_REJECT_REMOTE, Meta};
-use super::registry::{self, CreateRequest, Instance, Reach};
+use super::registry::{self, CreateRequest, Instance};
 use super::{
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_TIMEOUT, MaxInstances, OpenMode, PeekInfo, PeerIdentity,
     PipeInfo, PipeType, ReadMode, pipe_io_methods,
@@ -16,15 +16,12 @@ use crate::name::PipeName;
 use crate::namespace::Namespace;
 use crate::sys::{process, socket};
 
-/// How often a server waiting for a client checks that its instance is still reachable (a
-/// client that claimed it may have died before connecting).
-const REACH_CHECK: Duration = Duration::from_millis(100);
-
 /// The parameters of `CreateNamedPipe`, as a builder.
 ///
 /// Defaults: byte type and byte read mode, duplex, unlimited instances, 4 KiB advisory
-/// buffers, a 50 ms default timeout, 64 MiB maximum message size, same-user clients only, the
-/// namespace of the environment ([`Namespace::from_env`]).
+/// buffers, a 50 ms default timeout, 64 MiB maximum message size, private to this user (see
+/// [`allow_user`](Self::allow_user)), the namespace of the environment
+/// ([`Namespace::from_env`]).
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     namespace: Option<Namespace>,
@@ -158,14 +155,28 @@ impl ServerOptions {
         Ok(self)
     }
 
-    /// Accepts clients running as `uid` too (the pipe's security descriptor granting that
-    /// user access). They must still be able to reach the socket.
+    /// Shares the pipe with the user `uid`: the pipe is published where other users can reach
+    /// it, and clients running as `uid` are accepted besides this user's. Windows: a security
+    /// descriptor whose DACL grants that user access (`SECURITY_ATTRIBUTES`).
+    ///
+    /// A published pipe lives in `GLOBAL/pipe/UID/` (this user's folder in the namespace's
+    /// machine-wide folder, mode 0755: others may enter and connect, never create or remove
+    /// anything); other users open it with [`ClientOptions::owner`](super::ClientOptions::owner).
+    /// Every client's uid is checked when it connects (`SO_PEERCRED`); one that is neither this
+    /// user nor allowed is sent away with [`ErrorKind::AccessDenied`] and the instance waits for
+    /// the next. All instances of a pipe are private or published alike (else
+    /// [`ErrorKind::AccessDenied`]); each checks clients against its own list.
+    ///
+    /// Differences: only user ids, no groups, deny entries or per-right grants; the pipe's
+    /// name and parameters can be read by every user (the folder is readable), as a Windows
+    /// pipe's name is visible to all.
     pub fn allow_user(mut self, uid: u32) -> Self {
         self.allowed_uids.push(uid);
         self
     }
 
-    /// Accepts clients of any user (a NULL DACL).
+    /// Shares the pipe with every user (a NULL DACL): published as with
+    /// [`allow_user`](Self::allow_user), and clients of any user are accepted.
     pub fn allow_any_user(mut self) -> Self {
         self.any_user = true;
         self
@@ -216,6 +227,7 @@ impl ServerOptions {
                 meta,
                 first_instance: self.first_instance,
                 name: &name,
+                publish: self.any_user || !self.allowed_uids.is_empty(),
             },
         )?;
         let listener = inst.listen()?;
@@ -291,67 +303,34 @@ impl NamedPipeServer {
         if self.conn.is_some() {
             return Ok(());
         }
-        let mut suspect = false;
         loop {
             if self.listener.is_none() {
                 self.listener = Some(self.inst.listen()?);
             }
             let listener = self.listener.as_ref().expect("listening");
-            let slice = match deadline {
-                Some(d) => REACH_CHECK.min(d.saturating_duration_since(Instant::now())),
-                None => REACH_CHECK,
-            };
-            match socket::accept_timeout(listener, Some(slice))? {
-                Some(fd) => {
-                    // Nobody else can connect to this instance now.
-                    self.listener = None;
-                    self.inst.unlisten()?;
-                    let mut conn = Conn::new(
-                        fd,
-                        Side::Server,
-                        self.inst.meta.pipe_type,
-                        self.inst.meta.open_mode,
-                        self.read_mode,
-                        self.inst.meta.max_message_size,
-                    )?;
-                    let uid = conn.peer().uid;
-                    if !self.allowed(uid) {
-                        tracing::info!(
-                            "{}: refusing client pid {} of uid {uid}",
-                            self.name,
-                            conn.peer().pid
-                        );
-                        conn.end_with(Control::Refused);
-                        continue;
-                    }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if socket::wait_readable(&[listener.as_fd()], left)?.is_none() {
+                return Err(Error::with_message(
+                    ErrorKind::Timeout,
+                    format!("no client connected to {} in time", self.name),
+                ));
+            }
+            let listener = self.listener.take().expect("listening");
+            if let Some(fd) = self.inst.take_client(&listener)? {
+                let conn = Conn::new(
+                    fd,
+                    Side::Server,
+                    self.inst.meta.pipe_type,
+                    self.inst.meta.open_mode,
+                    self.read_mode,
+                    self.inst.meta.max_message_size,
+                )?;
+                if let Some(conn) = admit(&self.name, conn, &self.allowed_uids, self.any_user) {
                     self.conn = Some(conn);
                     return Ok(());
                 }
-                None => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(Error::with_message(
-                            ErrorKind::Timeout,
-                            format!("no client connected to {} in time", self.name),
-                        ));
-                    }
-                    match self.inst.check_reachable()? {
-                        Reach::Fine => suspect = false,
-                        // Neither the name nor a claim: a client may have connected and removed
-                        // its claim just after this accept gave up; the next accept takes it.
-                        // Seen twice in a row, the name is really gone: listen anew.
-                        Reach::Relisten if !suspect => suspect = true,
-                        Reach::Relisten => {
-                            suspect = false;
-                            self.listener = None;
-                        }
-                    }
-                }
             }
         }
-    }
-
-    fn allowed(&self, uid: u32) -> bool {
-        self.any_user || uid == process::current_uid() || self.allowed_uids.contains(&uid)
     }
 
     /// Drops the client: unread data is discarded, the client's reads fail with
@@ -412,7 +391,28 @@ impl NamedPipeServer {
     pipe_io_methods!();
 }
 
-fn not_connected() -> Error {
+/// Checks a new client against the allowed users: its connection, or `None` after it was sent
+/// away (a REFUSED frame, then the connection is closed).
+pub(crate) fn admit<S: AsFd>(
+    name: &PipeName,
+    mut conn: Conn<S>,
+    allowed: &[u32],
+    any_user: bool,
+) -> Option<Conn<S>> {
+    let peer = conn.peer();
+    if any_user || peer.uid == process::current_uid() || allowed.contains(&peer.uid) {
+        return Some(conn);
+    }
+    tracing::info!(
+        "{name}: refusing client pid {} of uid {}",
+        peer.pid,
+        peer.uid
+    );
+    conn.end_with(Control::Refused);
+    None
+}
+
+pub(crate) fn not_connected() -> Error {
     Error::with_message(
         ErrorKind::BrokenPipe,
         "no client is connected to this pipe instance (call connect first)",

@@ -1,25 +1,35 @@
-//! Unix stream sockets: the carrier of pipes.
+//! Unix stream sockets, the carrier of pipes, and the readiness waits around them.
 //!
 //! Windows counterpart: the named-pipe file system (`npfs`) behind `CreateNamedPipe`,
-//! `ConnectNamedPipe` and `CreateFile(\\.\pipe\...)`, and the anonymous pipes of `CreatePipe`.
+//! `ConnectNamedPipe` and `CreateFile(\\.\pipe\...)`, the anonymous pipes of `CreatePipe`, and
+//! the waits of `ConnectNamedPipe` and `WaitNamedPipe`.
 //!
 //! Every socket is created close-on-exec, every send uses `MSG_NOSIGNAL` (a peer that is gone
 //! gives `EPIPE`, never a `SIGPIPE` that would kill the process), and `EINTR` is retried.
+//! Listening sockets are non-blocking: [`wait_readable`] (or an async reactor) says when a
+//! connection waits, [`accept_now`] takes it.
 //!
 //! Socket paths are limited to 107 bytes by `sockaddr_un` (`unix(7)`). [`bind_listen_at`] and
 //! [`connect_at`] take a folder descriptor and a file name: when the full path is too long they
 //! reach the folder through `/proc/self/fd/N` instead, which is short whatever the folder.
 //!
+//! Waiting without polling: [`watch_dir`] reports changes of a folder's entries (`inotify(7)`),
+//! [`process_exit_fd`] becomes readable when a process ends (`pidfd_open(2)`), and
+//! [`wait_readable`] waits for the first of several descriptors (`poll(2)`).
+//!
 //! Linux references: `unix(7)`, `socket(2)`, `socketpair(2)`, `bind(2)`, `listen(2)`,
-//! `accept4(2)`, `connect(2)`, `send(2)` / `sendmsg(2)` (`MSG_NOSIGNAL`), `recv(2)`
-//! (`MSG_PEEK`, `MSG_DONTWAIT`), `shutdown(2)`, `getsockopt(2)` (`SO_PEERCRED`), `setsockopt(2)`
-//! (`SO_RCVTIMEO`), `proc(5)` (`/proc/self/fd`).
+//! `accept4(2)`, `connect(2)`, `send(2)` / `sendmsg(2)` (`MSG_NOSIGNAL`, `MSG_DONTWAIT`),
+//! `recv(2)` (`MSG_PEEK`, `MSG_DONTWAIT`, `MSG_WAITALL`), `shutdown(2)`, `getsockopt(2)`
+//! (`SO_PEERCRED`), `fchmodat(2)`, `poll(2)`, `inotify(7)`, `pidfd_open(2)`, `proc(5)`
+//! (`/proc/self/fd`).
 
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::inotify;
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvFlags, SendAncillaryBuffer, SendFlags, Shutdown, SocketAddrUnix,
@@ -50,16 +60,6 @@ fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<
             r => return r,
         }
     }
-}
-
-fn new_stream_socket() -> Result<OwnedFd> {
-    rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| Error::from_io("cannot create a Unix socket", e.into()))
 }
 
 /// The address of `name` inside the folder `dir` (open at `dir_path`): the plain path when it
@@ -93,23 +93,45 @@ fn full_display(dir_path: &Path, name: &str) -> String {
     dir_path.join(name).display().to_string()
 }
 
-/// Creates a Unix stream socket bound to `name` in the folder `dir` and listening with
-/// `backlog` (0 lets exactly one connection wait to be accepted on Linux). The socket file gets
-/// the permissions `0777 & !umask`; the folder's permissions decide who may reach it.
+/// Creates a non-blocking Unix stream socket bound to `name` in the folder `dir` and listening
+/// with `backlog` (0 lets exactly one connection wait to be accepted on Linux). The socket file
+/// gets the permissions `mode` when given (connecting needs write permission on it), else
+/// `0777 & !umask`; the folders on the way decide who may reach it.
 pub fn bind_listen_at(
     dir: &impl AsFd,
     dir_path: &Path,
     name: &str,
     backlog: i32,
+    mode: Option<u32>,
 ) -> Result<OwnedFd> {
     let addr = address(dir, dir_path, name)?;
-    let fd = new_stream_socket()?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(|e| Error::from_io("cannot create a Unix socket", e.into()))?;
     rustix::net::bind(&fd, &addr).map_err(|e| {
         Error::from_io(
             format!("cannot bind socket {}", full_display(dir_path, name)),
             e.into(),
         )
     })?;
+    if let Some(mode) = mode {
+        rustix::fs::chmodat(
+            dir,
+            name,
+            rustix::fs::Mode::from_raw_mode(mode),
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(|e| {
+            Error::from_io(
+                format!("cannot set the mode of {}", full_display(dir_path, name)),
+                e.into(),
+            )
+        })?;
+    }
     rustix::net::listen(&fd, backlog).map_err(|e| {
         Error::from_io(
             format!("cannot listen on {}", full_display(dir_path, name)),
@@ -119,9 +141,10 @@ pub fn bind_listen_at(
     Ok(fd)
 }
 
-/// Connects a new Unix stream socket to `name` in the folder `dir`. Errors keep their errno
-/// (`ENOENT`: no such socket; `ECONNREFUSED`: nobody listens on it any more; `EAGAIN`: its
-/// queue of connections waiting to be accepted is full).
+/// Connects a new Unix stream socket to `name` in the folder `dir`, without waiting. Errors
+/// keep their errno (`ENOENT`: no such socket; `ECONNREFUSED`: nobody listens on it any more,
+/// or its listener stopped taking connections; `EAGAIN`: its queue of connections waiting to
+/// be accepted is full). The socket returned is blocking.
 pub fn connect_at(dir: &impl AsFd, dir_path: &Path, name: &str) -> Result<OwnedFd, Errno> {
     let addr = address(dir, dir_path, name).map_err(|_| Errno::NAMETOOLONG)?;
     let fd = rustix::net::socket_with(
@@ -150,17 +173,95 @@ pub fn set_nonblocking(fd: impl AsFd, on: bool) -> Result<()> {
         .map_err(|e| Error::from_io("cannot set descriptor flags", e.into()))
 }
 
-/// Accepts one connection (close-on-exec, blocking), waiting at most `timeout` (`SO_RCVTIMEO`;
-/// `None` waits for ever). `Ok(None)` when the time ran out.
-pub fn accept_timeout(listener: impl AsFd, timeout: Option<Duration>) -> Result<Option<OwnedFd>> {
-    // SO_RCVTIMEO of zero means "no timeout": use the smallest non-zero one instead.
-    let t = timeout.map(|t| t.max(Duration::from_micros(1)));
-    sockopt::set_socket_timeout(&listener, sockopt::Timeout::Recv, t)
-        .map_err(|e| Error::from_io("cannot set accept timeout", e.into()))?;
+/// Accepts a connection waiting on the non-blocking `listener` (the new socket is blocking and
+/// close-on-exec). `Ok(None)` when none waits.
+pub fn accept_now(listener: impl AsFd) -> Result<Option<OwnedFd>> {
     match retry(|| rustix::net::accept_with(&listener, SocketFlags::CLOEXEC)) {
         Ok(fd) => Ok(Some(fd)),
         Err(Errno::AGAIN) => Ok(None),
         Err(e) => Err(Error::from_io("cannot accept a connection", e.into())),
+    }
+}
+
+/// Stops a listening socket from taking connections (`shutdown(SHUT_RD)`): a connect then
+/// fails with `ECONNREFUSED`, while a connection already waiting can still be accepted.
+pub fn close_door(listener: impl AsFd) -> Result<()> {
+    rustix::net::shutdown(&listener, Shutdown::Read)
+        .map_err(|e| Error::from_io("cannot shut a listening socket", e.into()))
+}
+
+/// Waits until one of `fds` is readable (or reports an error or hang-up), at most `timeout`
+/// (`None`: for ever), and returns the index of the first such descriptor; `Ok(None)` when
+/// the time ran out (`poll(2)`).
+pub fn wait_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> Result<Option<usize>> {
+    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let ts = left.map(|l| rustix::time::Timespec {
+            tv_sec: l.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(l.subsec_nanos()),
+        });
+        match rustix::event::poll(&mut pfds, ts.as_ref()) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(pfds.iter().position(|p| !p.revents().is_empty())),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(Error::from_io("cannot wait for readiness", e.into())),
+        }
+    }
+}
+
+/// A non-blocking `inotify(7)` descriptor that becomes readable when an entry of the folder
+/// `dir` is created, removed or renamed, or the folder itself goes. Read the events away with
+/// [`drain_watch`].
+pub fn watch_dir(dir: impl AsFd) -> Result<OwnedFd> {
+    let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+        .map_err(|e| Error::from_io("cannot create an inotify descriptor", e.into()))?;
+    let path = format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd());
+    inotify::add_watch(
+        &fd,
+        path.as_str(),
+        inotify::WatchFlags::CREATE
+            | inotify::WatchFlags::DELETE
+            | inotify::WatchFlags::MOVED_TO
+            | inotify::WatchFlags::MOVED_FROM
+            | inotify::WatchFlags::DELETE_SELF
+            | inotify::WatchFlags::MOVE_SELF
+            | inotify::WatchFlags::ONLYDIR,
+    )
+    .map_err(|e| Error::from_io("cannot watch a folder", e.into()))?;
+    Ok(fd)
+}
+
+/// Reads and discards every event waiting on a [`watch_dir`] descriptor, without waiting.
+pub fn drain_watch(watch: impl AsFd) -> Result<()> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match retry(|| rustix::io::read(&watch, &mut buf)) {
+            Ok(0) | Err(Errno::AGAIN) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) => return Err(Error::from_io("cannot read folder events", e.into())),
+        }
+    }
+}
+
+/// A descriptor that becomes readable when process `pid` ends (`pidfd_open(2)`). `Ok(None)`
+/// when there is no such process; [`ErrorKind::Unsupported`] when the kernel cannot do it
+/// (before Linux 5.3, or denied).
+pub fn process_exit_fd(pid: u32) -> Result<Option<OwnedFd>> {
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Ok(None);
+    };
+    match rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::SRCH) => Ok(None),
+        Err(e) => Err(Error::with_message(
+            ErrorKind::Unsupported,
+            format!("cannot watch process {pid} for its end: {e}"),
+        )),
     }
 }
 
@@ -240,6 +341,29 @@ pub fn send_all(fd: impl AsFd, parts: &[&[u8]]) -> Result<()> {
     Ok(())
 }
 
+/// Sends what fits of `parts` (in order, as one `sendmsg(2)` with `MSG_DONTWAIT |
+/// MSG_NOSIGNAL`) without waiting; returns how many bytes were sent, `Ok(None)` when the
+/// socket's buffer is full. Errors as [`send_all`].
+pub fn send_nowait(fd: impl AsFd, parts: &[&[u8]]) -> Result<Option<usize>> {
+    let mut iov: [IoSlice<'_>; 4] = [IoSlice::new(&[]); 4];
+    let n_iov = parts.len().min(4);
+    for (i, part) in parts.iter().take(4).enumerate() {
+        iov[i] = IoSlice::new(part);
+    }
+    match retry(|| {
+        rustix::net::sendmsg(
+            &fd,
+            &iov[..n_iov],
+            &mut SendAncillaryBuffer::default(),
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        )
+    }) {
+        Ok(n) => Ok(Some(n)),
+        Err(Errno::AGAIN) => Ok(None),
+        Err(e) => Err(send_error(e)),
+    }
+}
+
 /// Sends what fits of `buf` without the signal (`send(2)` with `MSG_NOSIGNAL`), blocking until
 /// at least one byte is sent; returns how many were.
 pub fn send_some(fd: impl AsFd, buf: &[u8]) -> Result<usize> {
@@ -281,6 +405,20 @@ pub fn recv(fd: impl AsFd, buf: &mut [u8], wait: bool) -> Result<Option<usize>> 
         Err(Errno::CONNRESET) => Ok(Some(0)),
         Err(e) => Err(Error::from_io("cannot receive", e.into())),
     }
+}
+
+/// Receives exactly `buf.len()` bytes, waiting for them (`recv(2)` with `MSG_WAITALL`, one
+/// system call in the usual case); returns fewer only at the end of the stream.
+pub fn recv_all(fd: impl AsFd, buf: &mut [u8]) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match retry(|| rustix::net::recv(&fd, &mut buf[done..], RecvFlags::WAITALL)) {
+            Ok((0, _)) | Err(Errno::CONNRESET) => break,
+            Ok((n, _)) => done += n,
+            Err(e) => return Err(Error::from_io("cannot receive", e.into())),
+        }
+    }
+    Ok(done)
 }
 
 /// Bytes waiting to be read (`ioctl(FIONREAD)`, see `unix(7)` `SIOCINQ`).

@@ -44,6 +44,9 @@ enum Command {
     /// Named pipes (CreateNamedPipe / ConnectNamedPipe / CreateFile / CallNamedPipe).
     #[command(subcommand)]
     Pipe(cmd::pipe::Cmd),
+    /// Mailslots (CreateMailslot / ReadFile / GetMailslotInfo, CreateFile / WriteFile).
+    #[command(subcommand)]
+    Mailslot(cmd::mailslot::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Sem(c) => cmd::sync::sem(c),
         Command::Chan(c) => cmd::chan::run(c),
         Command::Pipe(c) => cmd::pipe::run(c),
+        Command::Mailslot(c) => cmd::mailslot::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

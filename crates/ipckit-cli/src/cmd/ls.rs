@@ -51,6 +51,9 @@ fn row(ns: &Namespace, e: &Entry) -> ipckit::Result<Option<Row>> {
     if e.folder == Folder::Pipe && e.scope == Scope::Local {
         return pipe_row(ns, e, &name);
     }
+    if e.folder == Folder::Mailslot && e.scope == Scope::Local {
+        return mailslot_row(ns, e, &name);
+    }
     if e.folder != Folder::Object {
         return Ok(Some(Row {
             kind: e.folder.dir_name().into(),
@@ -135,6 +138,31 @@ fn pipe_row(ns: &Namespace, e: &Entry, name: &str) -> ipckit::Result<Option<Row>
     }))
 }
 
+/// A local mailslot: shown while its server lives.
+fn mailslot_row(ns: &Namespace, e: &Entry, name: &str) -> ipckit::Result<Option<Row>> {
+    let component = e
+        .path
+        .file_name()
+        .and_then(|c| c.to_str())
+        .unwrap_or_default();
+    let Some(st) = ipckit::mailslot::describe(ns, component)? else {
+        return Ok(None);
+    };
+    Ok(Some(Row {
+        kind: "mailslot".into(),
+        scope: e.scope,
+        name: format!(r"\\.\mailslot\{name}"),
+        os_name: e.path.display().to_string(),
+        size: None,
+        holders: vec![st.server_pid],
+        details: serde_json::json!({
+            "max_message_size": st.max_message_size,
+            "queued": st.queued,
+            "read_timeout_ms": st.read_timeout.map(|t| t.as_millis() as u64),
+        }),
+    }))
+}
+
 fn details_text(kind: &str, d: &serde_json::Value) -> String {
     match (kind, d) {
         (_, serde_json::Value::Null) => "-".to_owned(),
@@ -149,6 +177,14 @@ fn details_text(kind: &str, d: &serde_json::Value) -> String {
                 d["free"]
             )
         }
+        ("mailslot", d) => format!(
+            "queued {}, max {} B, timeout {}",
+            d["queued"],
+            d["max_message_size"],
+            d["read_timeout_ms"]
+                .as_u64()
+                .map_or_else(|| "forever".to_owned(), |ms| format!("{ms} ms"))
+        ),
         (_, d) => format!(
             "depth {}, receiver {}, senders {}",
             d["depth"], d["receiver"], d["senders"]

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chan;
 pub mod ls;
+pub mod mailslot;
 pub mod pipe;
 pub mod shm;
 pub mod sync;

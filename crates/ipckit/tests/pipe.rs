@@ -565,10 +565,11 @@ fn raw_connect(ns: &Namespace, name: &str) -> std::io::Result<UnixStream> {
     let dir: PathBuf = ns.pipe_path(&PipeName::parse(name).unwrap()).unwrap();
     for e in std::fs::read_dir(&dir)? {
         let f = e?.file_name().into_string().unwrap();
-        if f.starts_with("i-") && f.ends_with(".sock") {
-            if let Ok(s) = UnixStream::connect(dir.join(&f)) {
-                return Ok(s);
-            }
+        if f.starts_with("i-")
+            && f.ends_with(".sock")
+            && let Ok(s) = UnixStream::connect(dir.join(&f))
+        {
+            return Ok(s);
         }
     }
     Err(std::io::Error::other("no free instance"))

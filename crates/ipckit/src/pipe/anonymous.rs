@@ -209,6 +209,14 @@ impl PipeReader {
         Ok(n)
     }
 
+    /// This end for tokio (feature `tokio`; call it inside a runtime): an ipckit pipe end
+    /// only ([`ErrorKind::Unsupported`] for an inherited FIFO). Windows: a pipe handle used
+    /// with overlapped I/O.
+    #[cfg(feature = "tokio")]
+    pub fn into_async(self) -> Result<super::tokio::PipeReader> {
+        super::tokio::PipeReader::new(self.inner.into_fd())
+    }
+
     /// Bytes that can be read now without waiting. Windows: `lpTotalBytesAvail` of
     /// `PeekNamedPipe` on an anonymous pipe.
     pub fn available(&self) -> Result<usize> {
@@ -245,6 +253,13 @@ impl PipeWriter {
                 }
             }),
         }
+    }
+
+    /// This end for tokio (feature `tokio`; call it inside a runtime): an ipckit pipe end
+    /// only ([`ErrorKind::Unsupported`] for an inherited FIFO).
+    #[cfg(feature = "tokio")]
+    pub fn into_async(self) -> Result<super::tokio::PipeWriter> {
+        super::tokio::PipeWriter::new(self.inner.into_fd())
     }
 
     /// Writes all of `data`.

@@ -67,7 +67,16 @@ impl ClientOptions {
     }
 
     fn ns(&self) -> Namespace {
+        self.namespace_or_env()
+    }
+
+    pub(crate) fn namespace_or_env(&self) -> Namespace {
         self.namespace.clone().unwrap_or_else(Namespace::from_env)
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn wait_option(&self) -> Option<PipeWait> {
+        self.wait
     }
 
     /// Opens the pipe `name`: connects to a free instance. Windows: `CreateFile`.
@@ -269,6 +278,14 @@ impl NamedPipeClient {
     /// [`ReadMode::Message`] on a byte-type pipe fails with [`ErrorKind::InvalidParameter`].
     pub fn set_read_mode(&mut self, mode: ReadMode) -> Result<()> {
         self.conn()?.set_read_mode(mode)
+    }
+
+    /// The same connection for tokio (feature `tokio`; call it inside a runtime). Windows
+    /// has no such conversion: overlapped I/O is chosen when the handle is made.
+    #[cfg(feature = "tokio")]
+    pub fn into_async(self) -> Result<super::tokio::NamedPipeClient> {
+        let Transport::Local(conn) = self.transport;
+        super::tokio::NamedPipeClient::from_parts(self.name, self.info, conn)
     }
 
     #[allow(clippy::unnecessary_wraps)]

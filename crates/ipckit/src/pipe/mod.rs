@@ -108,15 +108,17 @@ mod frame;
 mod meta;
 mod registry;
 mod server;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 use std::time::Duration;
 
 pub use anonymous::{PipeReader, PipeWriter, anonymous_pipe};
 pub use client::{ClientOptions, NamedPipeClient, call_named_pipe, wait_named_pipe};
 pub use describe::{PipeStatus, describe};
-pub use server::{NamedPipeServer, ServerOptions};
 /// Shared with the mailslots, whose folder is locked the same way.
 pub(crate) use registry::folder_lock;
+pub use server::{NamedPipeServer, ServerOptions};
 
 /// Default largest message: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 64 << 20;

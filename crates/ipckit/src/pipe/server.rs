@@ -243,6 +243,15 @@ impl ServerOptions {
     }
 }
 
+#[cfg(feature = "tokio")]
+impl ServerOptions {
+    /// [`create`](Self::create) for tokio (feature `tokio`; call it inside a runtime).
+    /// Windows: `CreateNamedPipe` with `FILE_FLAG_OVERLAPPED`.
+    pub fn create_async(&self, name: &str) -> Result<super::tokio::NamedPipeServer> {
+        self.create(name)?.into_async()
+    }
+}
+
 /// One instance of a named pipe, the server end. Windows: the handle `CreateNamedPipe`
 /// returns.
 ///
@@ -382,6 +391,22 @@ impl NamedPipeServer {
         }
         self.read_mode = mode;
         Ok(())
+    }
+
+    /// The same instance (and its client, if one is connected) for tokio (feature `tokio`;
+    /// call it inside a runtime). Windows has no such conversion: overlapped I/O is chosen
+    /// when the handle is made.
+    #[cfg(feature = "tokio")]
+    pub fn into_async(self) -> Result<super::tokio::NamedPipeServer> {
+        super::tokio::NamedPipeServer::from_parts(
+            self.name,
+            self.inst,
+            self.listener,
+            self.conn,
+            self.read_mode,
+            self.allowed_uids,
+            self.any_user,
+        )
     }
 
     fn conn(&mut self) -> Result<&mut Conn> {

@@ -428,6 +428,23 @@ pub fn bytes_available(fd: impl AsFd) -> Result<usize> {
         .map_err(|e| Error::from_io("cannot query pending bytes", e.into()))
 }
 
+/// Registers a socket (or an inotify or pidfd descriptor) with the current tokio runtime for
+/// readiness waits (`epoll(7)`). [`ErrorKind::Unsupported`] outside a runtime.
+#[cfg(feature = "tokio")]
+pub fn register_async(fd: OwnedFd) -> Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::with_message(
+            ErrorKind::Unsupported,
+            "async pipes need a tokio runtime (with I/O and time enabled)",
+        ));
+    }
+    // SAFETY: an `OwnedFd` is a valid open descriptor; the `AsyncFd` takes ownership of it and
+    // keeps it open (and `as_raw_fd` returning the same number) until it is dropped or taken
+    // back with `into_inner`. ipckit never swaps the descriptor through `get_mut`.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }
+        .map_err(|e| Error::from_io("cannot register a descriptor with tokio", e.into()))
+}
+
 /// Whether `fd` is a Unix stream socket (`SO_TYPE`, `SO_DOMAIN`).
 pub fn is_unix_stream(fd: impl AsFd) -> bool {
     sockopt::socket_type(&fd) == Ok(SocketType::STREAM)

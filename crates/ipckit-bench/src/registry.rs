@@ -132,6 +132,13 @@ pub static BENCHES: &[Bench] = &[
         kind: Kind::TwoProcess(&raw::socket::UnixSeqpacket),
     },
     Bench {
+        name: "unix-dgram",
+        group: Group::Raw,
+        baseline: None,
+        about: "Unix-domain SOCK_DGRAM sockets, a bound one per receiving side (the mailslot floor)",
+        kind: Kind::TwoProcess(&raw::dgram::UnixDgram),
+    },
+    Bench {
         name: "tcp-loopback",
         group: Group::Raw,
         baseline: None,
@@ -243,6 +250,13 @@ pub static BENCHES: &[Bench] = &[
         about: "named pipe, message mode (CreateNamedPipe / CreateFile, one WriteFile / ReadFile per message)",
         kind: Kind::TwoProcess(&crate::ipckit_pipe::NamedPipeBench),
     },
+    Bench {
+        name: "ipckit-mailslot",
+        group: Group::Ipckit,
+        baseline: Some("unix-dgram"),
+        about: "mailslots, one per process (WriteFile to the other's, ReadFile from one's own); stream: one way",
+        kind: Kind::TwoProcess(&crate::ipckit_mailslot::MailslotBench),
+    },
 ];
 
 /// Every benchmark, in run order.
@@ -340,7 +354,10 @@ mod tests {
         };
         assert_eq!(names(&[]).len(), BENCHES.len());
         assert_eq!(names(&["shm"]), ["shm-futex", "shm-spin", "shm-spinpark"]);
-        assert_eq!(names(&["unix"]), ["unix-stream", "unix-seqpacket"]);
+        assert_eq!(
+            names(&["unix"]),
+            ["unix-stream", "unix-seqpacket", "unix-dgram"]
+        );
         assert_eq!(names(&["pipe", "memcpy"]), ["memcpy", "pipe"]);
         assert_eq!(names(&["shm-spin"]), ["shm-spin"]);
         let err = select(&["sh".to_owned()]).unwrap_err();

@@ -2,6 +2,7 @@
 //! library in between. Each ipckit mechanism is compared against one of
 //! these.
 
+pub mod dgram;
 pub mod memcpy;
 pub mod page;
 pub mod pipe;

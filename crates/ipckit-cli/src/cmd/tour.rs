@@ -58,6 +58,29 @@ fn pipes(records: &[Record]) -> String {
     )
 }
 
+/// A `rate` record's value in msg/s, formatted, with its ratio to the baseline.
+fn rate(records: &[Record], mechanism: &str, case: &str) -> Option<String> {
+    records
+        .iter()
+        .find(|r| r.mechanism == mechanism && r.case.starts_with(case) && r.metric == "rate")
+        .map(|r| {
+            let ratio = r
+                .ratio
+                .map(|x| format!(" ({x:.2}x raw)"))
+                .unwrap_or_default();
+            format!("{:.0}k msg/s{ratio}", r.value / 1000.0)
+        })
+}
+
+fn mailslots(records: &[Record]) -> String {
+    format!(
+        "one-way 64 B messages {} (same core), {} (cross core); round trip {} (same core)",
+        rate(records, "ipckit-mailslot", "stream-64B/same").unwrap_or_else(|| "?".into()),
+        rate(records, "ipckit-mailslot", "stream-64B/cross").unwrap_or_else(|| "?".into()),
+        us(records, "ipckit-mailslot", "rtt-64B/same").unwrap_or_else(|| "?".into()),
+    )
+}
+
 fn file_mapping(records: &[Record]) -> String {
     format!(
         "SetEvent->wake round trip {} (same core), {} (cross core); mutex lock+unlock {}",
@@ -108,8 +131,8 @@ const MECHANISMS: [Mechanism; 9] = [
     Mechanism {
         name: "Mailslots",
         windows: "CreateMailslot, WriteFile",
-        benches: &[],
-        summary: none,
+        benches: &["ipckit-mailslot"],
+        summary: mailslots,
     },
     Mechanism {
         name: "Sockets",

@@ -96,6 +96,7 @@
 pub mod affinity;
 pub mod channel;
 pub mod cli;
+pub mod interprocess_sock;
 pub mod iox2;
 pub mod ipckit_chan;
 pub mod ipckit_mailslot;

@@ -251,6 +251,13 @@ pub static BENCHES: &[Bench] = &[
         kind: Kind::TwoProcess(&crate::ipckit_pipe::NamedPipeBench),
     },
     Bench {
+        name: "interprocess",
+        group: Group::PeerCrate,
+        baseline: Some("unix-stream"),
+        about: "interprocess crate local socket (file-path name), byte stream, next to ipckit-pipe",
+        kind: Kind::TwoProcess(&crate::interprocess_sock::LocalSocketBench),
+    },
+    Bench {
         name: "ipckit-mailslot",
         group: Group::Ipckit,
         baseline: Some("unix-dgram"),

@@ -70,7 +70,7 @@ impl AsyncMailslotServer {
             timeout,
             async move {
                 loop {
-                    if let Some(r) = core.from_queue(buf) {
+                    if let Some(r) = core.take_queued(buf) {
                         return r;
                     }
                     let mut ready = sock
@@ -97,7 +97,7 @@ impl AsyncMailslotServer {
         within(
             timeout,
             async move {
-                if let Some(m) = core.message_from_queue() {
+                if let Some(m) = core.take_queued_message() {
                     return Ok(m);
                 }
                 loop {

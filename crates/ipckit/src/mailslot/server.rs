@@ -199,7 +199,7 @@ impl Core {
     }
 
     /// The oldest message, if one was already taken off the socket.
-    pub fn from_queue(&mut self, buf: &mut [u8]) -> Option<Result<(usize, PeerIdentity)>> {
+    pub fn take_queued(&mut self, buf: &mut [u8]) -> Option<Result<(usize, PeerIdentity)>> {
         let len = self.queue.front()?.data.len();
         if len > buf.len() {
             return Some(Err(self.insufficient(len, buf.len())));
@@ -211,7 +211,7 @@ impl Core {
         Some(Ok((len, m.sender)))
     }
 
-    pub fn message_from_queue(&mut self) -> Option<Message> {
+    pub fn take_queued_message(&mut self) -> Option<Message> {
         let m = self.queue.pop_front()?;
         self.queued_bytes -= m.data.len();
         self.took_one();
@@ -369,7 +369,7 @@ impl MailslotServer {
     pub fn read_from(&mut self, buf: &mut [u8]) -> Result<(usize, PeerIdentity)> {
         let mut deadline = None;
         loop {
-            if let Some(r) = self.core.from_queue(buf) {
+            if let Some(r) = self.core.take_queued(buf) {
                 return r;
             }
             let wait = self.prepare_wait(&mut deadline)?;
@@ -385,7 +385,7 @@ impl MailslotServer {
     /// Reads the next message whole, whatever its size, with its sender. Windows: `ReadFile`
     /// with a buffer of `GetMailslotInfo`'s next size. Waits as [`read`](Self::read) does.
     pub fn read_message(&mut self) -> Result<Message> {
-        if let Some(m) = self.core.message_from_queue() {
+        if let Some(m) = self.core.take_queued_message() {
             return Ok(m);
         }
         let mut deadline = None;

@@ -9,9 +9,9 @@
 //! The receiving socket has `SO_PASSCRED` set, so the kernel attaches the sender's pid, uid and
 //! gid to every message (`SCM_CREDENTIALS`); they cannot be forged by the sender.
 //!
-//! The receive queue of a Unix datagram socket holds at most `/proc/sys/net/unix/max_dgram_qlen`
-//! + 1 messages (10 + 1 by default); a writer then waits (or fails with `EAGAIN` when it asked
-//! not to wait) until the reader takes one: nothing is ever dropped.
+//! The receive queue of a Unix datagram socket holds at most `max_dgram_qlen` + 1 messages
+//! (`/proc/sys/net/unix/max_dgram_qlen`, 10 by default); a writer then waits (or fails with
+//! `EAGAIN` when it asked not to wait) until the reader takes one: nothing is ever dropped.
 //!
 //! Every socket is close-on-exec, every send uses `MSG_NOSIGNAL`, and `EINTR` is retried.
 //!

@@ -1,7 +1,7 @@
 //! Mailslots (`CreateMailslot`, `ReadFile`, `GetMailslotInfo`, `SetMailslotInfo`, and
 //! `CreateFile` / `WriteFile` on `\\.\mailslot\NAME`): one-way, message-at-a-time delivery from
 //! any number of writers to the one process that created the mailslot. Blocking, and with the
-//! `tokio` feature async ([`AsyncMailslotServer`], [`AsyncMailslotWriter`]).
+//! `tokio` feature async (`AsyncMailslotServer`, `AsyncMailslotWriter`).
 //!
 //! ```
 //! use std::time::Duration;

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
+use common::{fnv, pattern};
 use ipckit::ErrorKind;
 use ipckit::mailslot::{MAX_MESSAGE_SIZE_LIMIT, MailslotOptions, WriterOptions, describe_name};
 use ipckit::name::MailslotName;
@@ -54,25 +55,6 @@ fn assert_err<T: std::fmt::Debug>(r: ipckit::Result<T>, kind: ErrorKind, code: u
         Ok(v) => panic!("{what}: expected {kind:?}, got Ok({v:?})"),
         Err(e) => assert_eq!((e.kind(), e.win32_code()), (kind, code), "{what}: {e}"),
     }
-}
-
-/// Deterministic bytes for a message of `len` bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 /// Sizes written by the ordering test: zero-length messages among them, up to the maximum.

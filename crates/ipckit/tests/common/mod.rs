@@ -83,3 +83,23 @@ pub fn ctx_ns(ctx: &RoleCtx) -> Namespace {
 pub fn shm_file(ns: &Namespace, name: &str) -> PathBuf {
     Path::new("/dev/shm").join(ns.shm_name(&ObjectName::parse(name).unwrap()))
 }
+
+/// Deterministic bytes for a message of `len` bytes (xorshift from `seed`).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// FNV-1a of `data`: the checksum stress tests put in their messages.
+pub fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}

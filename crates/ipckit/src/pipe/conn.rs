@@ -23,6 +23,11 @@ use crate::sys::socket;
 const BUF_LEN: usize = 64 * 1024;
 /// The most one buffered receive of a blocking end takes.
 const FILL_WINDOW: usize = 4 * 1024;
+/// Reads for at most this many bytes take the next message's header and payload in one receive
+/// (into the buffer, then copied); larger ones receive the payload into the caller's memory.
+const SMALL_MESSAGE: usize = 16 * 1024;
+/// Writes of at most this many bytes are copied behind their header and sent as one buffer.
+const SMALL_WRITE: usize = 512;
 /// Most bytes a vectored read of a whole message reserves ahead of the data that arrived.
 const VEC_CHUNK: usize = 1 << 20;
 
@@ -285,9 +290,18 @@ impl<S: AsFd> Conn<S> {
     /// Consumes the next frame header and returns the length of the message it starts
     /// (`Ok(None)`: not all there yet, without waiting). Control frames end the connection
     /// with their error.
-    fn start_message(&mut self, wait: bool) -> Result<Option<usize>> {
+    fn start_message(&mut self, wait: bool, want: usize) -> Result<Option<usize>> {
+        // A small message comes with its header in one receive; the payload of a large one
+        // goes straight into the caller's memory.
+        let window = if !wait {
+            usize::MAX
+        } else if want <= SMALL_MESSAGE {
+            FILL_WINDOW.max(HEADER_LEN + want)
+        } else {
+            FILL_WINDOW
+        };
         while self.buffered() < HEADER_LEN {
-            match self.fill(wait, BUF_LEN, if wait { FILL_WINDOW } else { usize::MAX })? {
+            match self.fill(wait, BUF_LEN, window)? {
                 Fill::Got => {}
                 Fill::Eof => return Err(broken()),
                 Fill::WouldBlock => return Ok(None),
@@ -327,10 +341,10 @@ impl<S: AsFd> Conn<S> {
     }
 
     /// The length of the rest of the current message, or of the next one.
-    fn message_left(&mut self, wait: bool) -> Result<Option<usize>> {
+    fn message_left(&mut self, wait: bool, want: usize) -> Result<Option<usize>> {
         match self.cur {
             Some(n) => Ok(Some(n)),
-            None => self.start_message(wait),
+            None => self.start_message(wait, want),
         }
     }
 
@@ -391,7 +405,7 @@ impl<S: AsFd> Conn<S> {
 
     fn read_message(&mut self, out: &mut [u8], wait: bool) -> Result<Option<usize>> {
         self.check_read()?;
-        let Some(left) = self.message_left(wait)? else {
+        let Some(left) = self.message_left(wait, out.len())? else {
             return Ok(None);
         };
         if left == 0 {
@@ -421,7 +435,7 @@ impl<S: AsFd> Conn<S> {
             return Ok(Some(0));
         }
         loop {
-            let Some(left) = self.message_left(wait)? else {
+            let Some(left) = self.message_left(wait, out.len())? else {
                 return Ok(None);
             };
             if left == 0 {
@@ -443,7 +457,7 @@ impl<S: AsFd> Conn<S> {
     /// wait (`!wait`).
     pub(crate) fn read_vec_step(&mut self, wait: bool) -> Result<Option<Vec<u8>>> {
         self.check_read()?;
-        let Some(left) = self.message_left(wait)? else {
+        let Some(left) = self.message_left(wait, FILL_WINDOW)? else {
             return Ok(None);
         };
         if !wait {
@@ -493,7 +507,11 @@ impl<S: AsFd> Conn<S> {
                             pos += HEADER_LEN;
                             n as usize
                         }
-                        // Control frames and bad headers end the data; the next read reports them.
+                        // Control frames and bad headers end the data; the next read
+                        // reports them, and so does this peek when nothing comes first.
+                        _ if first => {
+                            return Err(self.start_message(false, 0).err().unwrap_or_else(broken));
+                        }
                         _ => break,
                     }
                 }
@@ -535,6 +553,28 @@ impl<S: AsFd> Conn<S> {
     /// writable); otherwise `data` is taken whole and what did not fit waits in the outbox,
     /// which [`flush_step`](Self::flush_step) and every later write send first.
     pub(crate) fn write_step(&mut self, data: &[u8], wait: bool) -> Result<Option<usize>> {
+        self.write_frames(data, wait)
+            .map_err(|e| self.why_closed(e))
+    }
+
+    /// A write failed because the peer closed: if the peer said why (a control frame waiting
+    /// to be read, before any data), that is the error.
+    fn why_closed(&mut self, e: Error) -> Error {
+        if e.kind() != ErrorKind::NoData || self.cur.is_some() || self.ended {
+            return e;
+        }
+        while let Ok(Fill::Got) = self.fill(false, BUF_LEN, usize::MAX) {}
+        if self.buffered() >= HEADER_LEN {
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&self.buf[self.start..self.start + HEADER_LEN]);
+            if let Ok(Header::Control(_)) = frame::decode(h, self.limit) {
+                return self.start_message(false, 0).err().unwrap_or(e);
+            }
+        }
+        e
+    }
+
+    fn write_frames(&mut self, data: &[u8], wait: bool) -> Result<Option<usize>> {
         self.check_write()?;
         if self.pipe_type == PipeType::Message && data.len() > self.limit as usize {
             return Err(Error::with_message(
@@ -546,20 +586,33 @@ impl<S: AsFd> Conn<S> {
                 ),
             ));
         }
-        if !self.flush_step(wait)? {
+        if self.has_outbox() && !self.flush_step(wait)? {
             return Ok(None);
         }
         // A message is one frame; a byte stream has no boundaries to keep and is sent in
         // frames within the limit (a write of 0 bytes sends nothing).
-        let frames: Vec<&[u8]> = match self.pipe_type {
-            PipeType::Message => vec![data],
-            PipeType::Byte => data.chunks(self.limit as usize).collect(),
+        let (frame_max, frames) = match self.pipe_type {
+            PipeType::Message => (data.len().max(1), 1),
+            PipeType::Byte => {
+                let max = self.limit as usize;
+                (max, data.len().div_ceil(max))
+            }
         };
+        let frame = |i: usize| &data[i * frame_max..((i + 1) * frame_max).min(data.len())];
         let mut sent_any = false;
-        for (i, chunk) in frames.iter().enumerate() {
+        for i in 0..frames {
+            let chunk = frame(i);
             let h = frame::data_header(chunk.len() as u32);
             if wait {
-                socket::send_all(&self.sock, &[&h, chunk])?;
+                if chunk.len() <= SMALL_WRITE {
+                    // Header and payload as one buffer: one plain send.
+                    let mut b = [0u8; HEADER_LEN + SMALL_WRITE];
+                    b[..HEADER_LEN].copy_from_slice(&h);
+                    b[HEADER_LEN..HEADER_LEN + chunk.len()].copy_from_slice(chunk);
+                    socket::send_all(&self.sock, &[&b[..HEADER_LEN + chunk.len()]])?;
+                } else {
+                    socket::send_all(&self.sock, &[&h, chunk])?;
+                }
                 continue;
             }
             let wire = HEADER_LEN + chunk.len();
@@ -580,7 +633,8 @@ impl<S: AsFd> Conn<S> {
                         // Part of the frame is on its way: the rest must follow it.
                         self.outbox.extend_from_slice(a);
                         self.outbox.extend_from_slice(b);
-                        for later in &frames[i + 1..] {
+                        for j in i + 1..frames {
+                            let later = frame(j);
                             self.outbox
                                 .extend_from_slice(&frame::data_header(later.len() as u32));
                             self.outbox.extend_from_slice(later);

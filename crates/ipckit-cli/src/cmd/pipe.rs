@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ipckit::ErrorKind;
 use ipckit::pipe::{
     ClientOptions, NamedPipeClient, NamedPipeServer, PeekInfo, PipeType, PipeWait, ReadMode,
-    ServerOptions, call_named_pipe,
+    ServerOptions,
 };
 
 use super::CmdResult;
@@ -39,6 +39,13 @@ pub enum Cmd {
         /// Run `sh -c CMD` for each client, with the pipe as its standard input and output.
         #[arg(long, value_name = "CMD")]
         exec: Option<String>,
+        /// Share the pipe with this user (a uid; repeatable): it is published where other
+        /// users can reach it, and their clients are accepted (others are refused).
+        #[arg(long = "allow-user", value_name = "UID")]
+        allow_users: Vec<u32>,
+        /// Share the pipe with every user.
+        #[arg(long)]
+        allow_any_user: bool,
     },
     /// Connect, send DATA, and on a message pipe print the reply message.
     Send {
@@ -49,6 +56,9 @@ pub enum Cmd {
         /// win32 231 when all are busy).
         #[arg(long)]
         timeout: Option<u64>,
+        /// Open the pipe that this user (a uid) shares with others.
+        #[arg(long, value_name = "UID")]
+        owner: Option<u32>,
     },
     /// CallNamedPipe: connect (waiting while every instance is busy), send DATA as one message,
     /// print the reply and close.
@@ -60,6 +70,9 @@ pub enum Cmd {
         /// timeout).
         #[arg(long)]
         timeout: Option<u64>,
+        /// Open the pipe that this user (a uid) shares with others.
+        #[arg(long, value_name = "UID")]
+        owner: Option<u32>,
     },
     /// Connect and copy standard input to the pipe and the pipe to standard output. After the
     /// end of standard input, replies are still printed until the pipe is quiet for --linger
@@ -68,6 +81,9 @@ pub enum Cmd {
         name: String,
         #[arg(long, default_value_t = 200)]
         linger: u64,
+        /// Open the pipe that this user (a uid) shares with others.
+        #[arg(long, value_name = "UID")]
+        owner: Option<u32>,
     },
 }
 
@@ -98,14 +114,31 @@ pub fn run(cmd: Cmd) -> CmdResult {
             instances,
             echo,
             exec,
-        } => serve(&full_name(&name), message, instances, echo, exec),
+            allow_users,
+            allow_any_user,
+        } => {
+            let mut opts = if message {
+                ServerOptions::message()
+            } else {
+                ServerOptions::new()
+            }
+            .max_instances(instances)?;
+            for uid in allow_users {
+                opts = opts.allow_user(uid);
+            }
+            if allow_any_user {
+                opts = opts.allow_any_user();
+            }
+            serve(&full_name(&name), &opts, message, instances, echo, exec)
+        }
         Cmd::Send {
             name,
             data,
             timeout,
+            owner,
         } => {
             let data = data_arg(data)?;
-            let mut opts = ClientOptions::new();
+            let mut opts = client_options(owner);
             if let Some(ms) = timeout {
                 opts = opts.wait(PipeWait::Timeout(Duration::from_millis(ms)));
             }
@@ -126,6 +159,7 @@ pub fn run(cmd: Cmd) -> CmdResult {
             name,
             data,
             timeout,
+            owner,
         } => {
             let data = data_arg(data)?;
             let wait = match timeout {
@@ -133,14 +167,18 @@ pub fn run(cmd: Cmd) -> CmdResult {
                 None => PipeWait::Default,
             };
             let mut buf = vec![0u8; CALL_BUF];
-            let n = call_named_pipe(&full_name(&name), &data, &mut buf, wait)?;
+            let n = client_options(owner).call(&full_name(&name), &data, &mut buf, wait)?;
             let mut out = std::io::stdout().lock();
             out.write_all(&buf[..n])?;
             out.flush()?;
             Ok(())
         }
-        Cmd::Cat { name, linger } => {
-            let mut c = ClientOptions::new().connect(&full_name(&name))?;
+        Cmd::Cat {
+            name,
+            linger,
+            owner,
+        } => {
+            let mut c = client_options(owner).connect(&full_name(&name))?;
             let input = spawn_reader(std::io::stdin());
             let mut out = std::io::stdout();
             cat_loop(&mut c, input, &mut out, Duration::from_millis(linger))
@@ -213,13 +251,22 @@ fn cat_loop(
     }
 }
 
-fn serve(name: &str, message: bool, instances: u8, echo: bool, exec: Option<String>) -> CmdResult {
-    let opts = if message {
-        ServerOptions::message()
-    } else {
-        ServerOptions::new()
+/// Client options, opening the pipe `owner` shares when given.
+fn client_options(owner: Option<u32>) -> ClientOptions {
+    match owner {
+        Some(uid) => ClientOptions::new().owner(uid),
+        None => ClientOptions::new(),
     }
-    .max_instances(instances)?;
+}
+
+fn serve(
+    name: &str,
+    opts: &ServerOptions,
+    message: bool,
+    instances: u8,
+    echo: bool,
+    exec: Option<String>,
+) -> CmdResult {
     // Create every instance before announcing the pipe, so that errors are reported here.
     let servers = (0..instances)
         .map(|_| opts.create(name))

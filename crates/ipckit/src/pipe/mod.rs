@@ -1,5 +1,6 @@
 //! Anonymous pipes (`CreatePipe`) and named pipes (`CreateNamedPipe`, `ConnectNamedPipe`,
-//! `CreateFile`, `WaitNamedPipe`, `TransactNamedPipe`, `CallNamedPipe`, ...), blocking.
+//! `CreateFile`, `WaitNamedPipe`, `TransactNamedPipe`, `CallNamedPipe`, ...), blocking here and
+//! async (overlapped) in [`tokio`](self::tokio) (feature `tokio`, with a runnable example).
 //!
 //! ```
 //! use ipckit::ErrorKind;
@@ -79,13 +80,24 @@
 //!   `SIGPIPE` is ever raised.
 //! - **Identity.** The server learns the client's pid, uid and gid ([`NamedPipeServer::client`]),
 //!   the client the server's pid ([`NamedPipeClient::server_process_id`]).
-//! - **Security.** A pipe lives in the user's private runtime folder (mode 0700), so other users
-//!   cannot reach it; in addition the server refuses a client whose uid differs from its own
-//!   unless [`ServerOptions::allow_user`] (or [`ServerOptions::allow_any_user`]) lets it in.
+//! - **Security.** A pipe is private to its user by default: it lives in the user's private
+//!   runtime folder (mode 0700), so other users cannot even reach it. [`ServerOptions::allow_user`]
+//!   and [`ServerOptions::allow_any_user`] (the pipe's security descriptor) publish it where
+//!   other users can reach it (their client names the owner, [`ClientOptions::owner`]); the
+//!   server still checks every client's uid when it connects and refuses one that is not
+//!   allowed ([`ErrorKind::AccessDenied`](crate::ErrorKind::AccessDenied)). A client refuses a
+//!   server that is not the pipe's owner (or root).
+//! - **Waiting.** [`NamedPipeServer::connect`] and [`wait_named_pipe`] sleep until something
+//!   happens (a connection, a change of the pipe's folder, a server's end): they do not poll.
 //!
 //! # Differences
-//! - A refused client learns it at its first read ([`ErrorKind::AccessDenied`](crate::ErrorKind::AccessDenied)), not when it
-//!   opens the pipe.
+//! - A refused client learns it at its first read, write or peek
+//!   ([`ErrorKind::AccessDenied`](crate::ErrorKind::AccessDenied)), not when it opens the pipe.
+//! - Sharing is per user id only: no groups, no deny entries, no separate read/write rights.
+//!   A shared pipe's name and parameters are readable by every user (its folder is 0755), as a
+//!   Windows pipe's name is visible to all; a private one's are not. Each user has their own
+//!   pipe names (Windows has one namespace per machine): another user's pipe is opened by naming
+//!   its owner.
 //! - [`NamedPipeServer::disconnect`] makes the instance listen again at once (Windows waits for
 //!   the next `ConnectNamedPipe`); [`NamedPipeServer::connect`] then returns when a client came.
 //! - Every message is bounded by the pipe's maximum message size
@@ -93,8 +105,8 @@
 //!   [`ErrorKind::MessageTooLarge`](crate::ErrorKind::MessageTooLarge) and sends nothing; a peer that sends a larger message
 //!   anyway has its connection ended. Buffer sizes are recorded but advisory, as on Windows.
 //! - Zero-length messages carry no bytes for a byte-mode reader, which skips them.
-//! - Reaching another user's pipe (a shared folder) and remote pipes (`\\HOST\pipe\NAME`, which
-//!   fail with [`ErrorKind::NeedsGateway`](crate::ErrorKind::NeedsGateway)) await the broker.
+//! - Remote pipes (`\\HOST\pipe\NAME`, which fail with
+//!   [`ErrorKind::NeedsGateway`](crate::ErrorKind::NeedsGateway)) await the broker.
 //! - The client end of an anonymous pipe is a Unix socket, not a FIFO (so that a write to a
 //!   closed pipe reports [`ErrorKind::NoData`](crate::ErrorKind::NoData) instead of raising `SIGPIPE`).
 //!

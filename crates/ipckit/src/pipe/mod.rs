@@ -1,6 +1,6 @@
 //! Anonymous pipes (`CreatePipe`) and named pipes (`CreateNamedPipe`, `ConnectNamedPipe`,
 //! `CreateFile`, `WaitNamedPipe`, `TransactNamedPipe`, `CallNamedPipe`, ...), blocking here and
-//! async (overlapped) in [`tokio`](self::tokio) (feature `tokio`, with a runnable example).
+//! async (overlapped) in `pipe::tokio` (feature `tokio`; its docs open with a runnable example).
 //!
 //! ```
 //! use ipckit::ErrorKind;

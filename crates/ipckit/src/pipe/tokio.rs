@@ -38,7 +38,7 @@
 //! Every future here may be dropped at any `.await` without losing or duplicating data:
 //! - A read that did not complete consumed nothing: what arrived stays buffered for the next
 //!   read (a message-mode read completes with a whole message, or a piece filling the buffer
-//!   with [`ErrorKind::MoreData`](crate::ErrorKind::MoreData), or nothing).
+//!   with [`ErrorKind::MoreData`], or nothing).
 //! - A write either sent nothing, or its whole message (or bytes) is taken: what the socket
 //!   did not take yet waits in the end's outbox and goes out before anything else, at the next
 //!   operation on that end (or `AsyncWriteExt::flush`).

@@ -202,6 +202,47 @@ fn echo_message_mode_keeps_boundaries_more_data_and_peek() {
 }
 
 #[test]
+fn large_reads_keep_boundaries_when_messages_queue_up() {
+    let t = test_case!();
+    const SIZES: [usize; 6] = [20_000, 0, 30_000, 70_000, 17_000, 3];
+    t.role("writer", |ctx| {
+        let mut c = client(ctx).connect(ctx.arg(0).unwrap())?;
+        for (i, &n) in SIZES.iter().enumerate() {
+            c.write(&pattern(n, i as u64))?;
+        }
+        ctx.send_str("written")?;
+        ctx.expect("bye", T)?;
+        Ok(())
+    });
+    let name = pipe_name("large");
+    let mut s = ServerOptions::message()
+        .namespace(ns_of(&t))
+        .create(&name)
+        .unwrap();
+    let mut p = t.spawn("writer").arg(&name).start();
+    s.connect().unwrap();
+    // Every message queued up (the socket holds them all), so one receive may take several.
+    p.expect("written", T).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    for (i, &n) in SIZES.iter().enumerate() {
+        let mut got = Vec::new();
+        loop {
+            match s.read(&mut buf) {
+                Ok(k) => {
+                    got.extend_from_slice(&buf[..k]);
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::MoreData => got.extend_from_slice(&buf),
+                Err(e) => panic!("message {i}: {e}"),
+            }
+        }
+        assert!(got == pattern(n, i as u64), "message {i} of {n} bytes");
+    }
+    p.send_str("bye").unwrap();
+    assert!(p.wait_timeout(T).unwrap().success(), "{}", p.report());
+}
+
+#[test]
 fn echo_byte_mode_with_a_long_name() {
     let t = test_case!();
     t.role("client", |ctx| {

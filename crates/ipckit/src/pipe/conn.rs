@@ -310,10 +310,16 @@ impl<S: AsFd> Conn<S> {
         let mut h = [0u8; HEADER_LEN];
         h.copy_from_slice(&self.buf[self.start..self.start + HEADER_LEN]);
         self.start += HEADER_LEN;
+        self.begin_frame(h).map(Some)
+    }
+
+    /// Takes a consumed frame header: the length of the message it starts. Control frames and
+    /// bad headers end the connection with their error.
+    fn begin_frame(&mut self, h: [u8; HEADER_LEN]) -> Result<usize> {
         match frame::decode(h, self.limit) {
             Ok(Header::Data(n)) => {
                 self.cur = Some(n as usize);
-                Ok(Some(n as usize))
+                Ok(n as usize)
             }
             Ok(Header::Control(Control::Refused)) => {
                 self.end();
@@ -405,6 +411,15 @@ impl<S: AsFd> Conn<S> {
 
     fn read_message(&mut self, out: &mut [u8], wait: bool) -> Result<Option<usize>> {
         self.check_read()?;
+        if wait
+            && out.len() > SMALL_MESSAGE
+            && self.cur.is_none()
+            && self.buffered() == 0
+            && !self.eof
+            && let Some(n) = self.read_large(out)?
+        {
+            return n;
+        }
         let Some(left) = self.message_left(wait, out.len())? else {
             return Ok(None);
         };
@@ -427,6 +442,49 @@ impl<S: AsFd> Conn<S> {
             return Err(Error::new(ErrorKind::MoreData));
         }
         Ok(Some(n))
+    }
+
+    /// A message-mode read into a large buffer with nothing buffered: the next header and as
+    /// much payload as is there arrive in one receive, the payload straight in `out`. Returns
+    /// the read's result, or `None` when only part of the header came (now buffered: the
+    /// usual path goes on).
+    fn read_large(&mut self, out: &mut [u8]) -> Result<Option<Result<Option<usize>>>> {
+        let mut h = [0u8; HEADER_LEN];
+        let n = socket::recv_split(&self.sock, &mut h, out)?;
+        if n == 0 {
+            self.eof = true;
+            return Err(broken());
+        }
+        self.start = 0;
+        if n < HEADER_LEN {
+            self.buf[..n].copy_from_slice(&h[..n]);
+            self.end = n;
+            return Ok(None);
+        }
+        self.end = 0;
+        let got = n - HEADER_LEN;
+        let len = self.begin_frame(h)?;
+        if got > len {
+            // Later frames' bytes landed in `out`: they wait in the buffer, in order.
+            let extra = got - len;
+            if self.buf.len() < extra {
+                self.buf.resize(extra, 0);
+            }
+            self.buf[..extra].copy_from_slice(&out[len..got]);
+            self.end = extra;
+        }
+        let have = got.min(len);
+        self.advance(have);
+        let want = len.min(out.len());
+        if have < want {
+            self.take_exact(&mut out[have..want])?;
+        }
+        self.shrink();
+        Ok(Some(if want < len {
+            Err(Error::new(ErrorKind::MoreData))
+        } else {
+            Ok(Some(want))
+        }))
     }
 
     fn read_bytes(&mut self, out: &mut [u8], wait: bool) -> Result<Option<usize>> {

@@ -23,7 +23,7 @@
 //! (`SO_PEERCRED`), `fchmodat(2)`, `poll(2)`, `inotify(7)`, `pidfd_open(2)`, `proc(5)`
 //! (`/proc/self/fd`).
 
-use std::io::IoSlice;
+use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
@@ -412,6 +412,24 @@ pub fn recv(fd: impl AsFd, buf: &mut [u8], wait: bool) -> Result<Option<usize>> 
         Ok((n, _)) => Ok(Some(n)),
         Err(Errno::AGAIN) if !wait => Ok(None),
         Err(Errno::CONNRESET) => Ok(Some(0)),
+        Err(e) => Err(Error::from_io("cannot receive", e.into())),
+    }
+}
+
+/// Receives into `head`, then `tail` (one `recvmsg(2)` with two buffers), waiting for the first
+/// byte; returns how many bytes arrived in all (0 at the end of the stream).
+pub fn recv_split(fd: impl AsFd, head: &mut [u8], tail: &mut [u8]) -> Result<usize> {
+    let mut iov = [IoSliceMut::new(head), IoSliceMut::new(tail)];
+    match retry(|| {
+        rustix::net::recvmsg(
+            &fd,
+            &mut iov,
+            &mut rustix::net::RecvAncillaryBuffer::default(),
+            RecvFlags::empty(),
+        )
+    }) {
+        Ok(m) => Ok(m.bytes),
+        Err(Errno::CONNRESET) => Ok(0),
         Err(e) => Err(Error::from_io("cannot receive", e.into())),
     }
 }

@@ -1691,6 +1691,37 @@ fn scribble(t: &TestCase, file: &Path, offset: u64, value: u64, width: u32) {
     assert!(p.wait_timeout(T).unwrap().success());
 }
 
+/// A sender killed after it published a message (the slot's sequence word) but before it advanced
+/// the lane's `tail`: the receiver gets that message once, and the next sender of the lane
+/// continues after it instead of overwriting it.
+#[test]
+fn a_sender_killed_between_publishing_and_advancing_tail_loses_nothing() {
+    let t = test_case!();
+    t.role("scribbler", scribbler);
+    t.role("agent", agent);
+    let ns = ns_of(&t);
+    let mut rx = chan(&ns, "gap")
+        .capacity(8)
+        .max_message(100)
+        .receiver()
+        .unwrap();
+    let mut s = spawn_agent(&t, "gap", 8, 100, 1);
+    assert_eq!(ask(&mut s, "tx"), "ok");
+    assert_eq!(ask(&mut s, "send 0 20"), "ok");
+    assert_eq!(ask(&mut s, "send 1 20"), "ok");
+    // The state the sender leaves when it dies between its two stores for message 1.
+    scribble(&t, &shm_file(&ns, "gap"), LANES_AT + TAIL, 1, 8);
+    s.kill().unwrap();
+    let mut s2 = spawn_agent(&t, "gap", 8, 100, 1);
+    assert_eq!(ask(&mut s2, "tx"), "ok");
+    assert_eq!(ask(&mut s2, "send 2 20"), "ok");
+    assert_eq!(msg_text(rx.recv()), "msg 0 20");
+    assert_eq!(msg_text(rx.recv()), "msg 1 20");
+    assert_eq!(msg_text(rx.recv()), "msg 2 20");
+    assert_kind(rx.try_recv(), ErrorKind::Timeout, "nothing more");
+    assert_eq!(ipckit::channel::describe(&ns, "gap").unwrap().depth, 0);
+}
+
 #[test]
 fn garbage_in_shared_memory_fails_with_protocol() {
     const MAX: u32 = 100;
@@ -1721,27 +1752,31 @@ fn garbage_in_shared_memory_fails_with_protocol() {
         let _ = rx.depth();
     };
 
-    // The tail far beyond the head.
-    let (mut rx, _s) = setup("far");
-    scribble(&t, &shm_file(&ns, "far"), LANES_AT + TAIL, 1 << 40, 8);
-    rx.recv().unwrap(); // message 1 was already seen
-    check(&mut rx, "tail far beyond head");
-    // The tail behind the head.
-    let (mut rx, _s) = setup("behind");
-    rx.recv().unwrap();
-    scribble(&t, &shm_file(&ns, "behind"), LANES_AT + TAIL, 0, 8);
-    check(&mut rx, "tail behind head");
-    // The tail one full ring ahead (9 > capacity 8 unread).
-    let (mut rx, _s) = setup("lapped");
-    rx.recv().unwrap();
-    scribble(&t, &shm_file(&ns, "lapped"), LANES_AT + TAIL, 2 + 9, 8);
-    check(&mut rx, "more than a ring");
+    // The receiver waits on the sequence word of its next slot (slot 2 after messages 0 and 1,
+    // which the setup sent): only `head + 1` (published) or the previous lap's value (here 0)
+    // are valid there. `tail` is the sender's business; the receiver does not trust it.
+    let seq_at = |slot: u64| slots_at(1) + slot * stride + 8;
+    for (name, value, what) in [
+        ("far", 1u64 << 40, "sequence far beyond head"),
+        ("behind", 1, "sequence behind head"),
+        ("lapped", 2 + 1 + 8, "sequence a ring ahead"),
+    ] {
+        let (mut rx, _s) = setup(name);
+        rx.recv().unwrap(); // message 1 was already published
+        scribble(&t, &shm_file(&ns, name), seq_at(2), value, 8);
+        check(&mut rx, what);
+    }
+    // A tail scribbled anywhere neither delivers nor loses anything.
+    let (mut rx, _s) = setup("tail");
+    scribble(&t, &shm_file(&ns, "tail"), LANES_AT + TAIL, 1 << 40, 8);
+    assert_eq!(msg_text(rx.recv()), "msg 1 20");
+    assert_kind(rx.try_recv(), ErrorKind::Timeout, "nothing more");
     // A slot longer than the largest message: the next one (slot 2), then published.
     for (name, len) in [("long", u64::from(MAX) + 1), ("huge", u64::from(u32::MAX))] {
         let (mut rx, _s) = setup(name);
         rx.recv().unwrap();
         scribble(&t, &shm_file(&ns, name), slots_at(1) + 2 * stride, len, 4);
-        scribble(&t, &shm_file(&ns, name), LANES_AT + TAIL, 3, 8);
+        scribble(&t, &shm_file(&ns, name), seq_at(2), 3, 8);
         check(&mut rx, "oversized slot");
     }
 
@@ -1752,7 +1787,7 @@ fn garbage_in_shared_memory_fails_with_protocol() {
     assert_eq!(ask(&mut s, "tx"), "ok");
     r.send_str("recv").unwrap();
     settle_asleep(r.pid());
-    scribble(&t, &shm_file(&ns, "asleep"), LANES_AT + TAIL, 1 << 40, 8);
+    scribble(&t, &shm_file(&ns, "asleep"), seq_at(0), 1 << 40, 8);
     assert_eq!(r.recv_str_timeout(T).unwrap(), "err Protocol");
 
     // The head moved past the tail: a sender fails once it needs room.
@@ -2117,7 +2152,8 @@ proptest! {
                 11 => (lane + 16, 8),         // sender start time
                 12 => (lane + 128, 4),        // sender sleeping
                 13 => (lane + 132, 4),        // space bell
-                _ => (slots_at(2) + ((k % 2) * CAP + k) * stride, 4), // a slot's length
+                14 | 15 => (slots_at(2) + ((k % 2) * CAP + k) * stride, 4), // a slot's length
+                _ => (slots_at(2) + ((k % 2) * CAP + k) * stride + 8, 8), // a slot's sequence
             };
             let bytes = value.to_le_bytes();
             shm.write_all_at(&bytes[..width], at).unwrap();
@@ -2136,8 +2172,10 @@ proptest! {
             let r: ipckit::Result<usize> = match op {
                 0 => rx.try_recv().map(|m| m.len()),
                 // recv_into waits when nothing is queued: only call it when something is.
-                1 if rx.depth() > 0 => rx.recv_into(&mut [0u8; 24]),
-                1 => continue,
+                1 => {
+                    let queued = rx.try_recv_borrow().map(|m| m.keep());
+                    queued.and_then(|()| rx.recv_into(&mut [0u8; 24]))
+                }
                 2 => tx.try_send(&frame(0, 100 + i as u64, FRAME_MIN)).map(|()| 0),
                 3 => tx.try_reserve(MAX as usize).and_then(|s| s.commit_len(MAX as usize)).map(|()| 0),
                 4 => chan(&ns, "g").sender().map(|s| { extra_tx = Some(s); 0 }),

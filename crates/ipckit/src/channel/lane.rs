@@ -4,18 +4,22 @@
 //! channel (atomics in shared memory) and by the loom model (`--cfg ipckit_loom`), which checks it
 //! exhaustively. It does no I/O and never sleeps: the caller decides how to wait.
 //!
-//! Protocol (Lamport's ring with a sleep handshake):
+//! Protocol (a ring whose slots carry their own sequence word, with a sleep handshake):
 //! - The producer writes slot `tail % cap`, stores its length, then publishes with a Release
-//!   store of `tail + 1`; if the consumer announced sleep, it rings the doorbell.
-//! - The consumer reads slot `head % cap` while `head < tail` (Acquire), and frees it with a
+//!   store of `tail + 1` into the slot's sequence word, and then into the lane's `tail` (which
+//!   only observers and a later producer read); if the consumer announced sleep, it rings the
+//!   doorbell.
+//! - The consumer reads slot `head % cap` once its sequence word is `head + 1` (Acquire): it
+//!   polls the line it is about to read anyway, not a separate index. It frees the slot with a
 //!   Release store of `head + 1`; if the producer announced it waits for space, it rings the
 //!   producer's bell.
-//! - A side that wants to sleep stores its announcement, re-checks the index, and only then
-//!   sleeps; the other side stores its index and then reads the announcement. A sequentially
-//!   consistent fence between the store and the load on both sides guarantees that at least one
-//!   of them sees the other's store, so no wake-up is lost.
+//! - A side that wants to sleep stores its announcement, re-checks the word it waits on, and
+//!   only then sleeps; the other side stores that word and then reads the announcement. A
+//!   sequentially consistent fence between the store and the load on both sides guarantees that
+//!   at least one of them sees the other's store, so no wake-up is lost.
 //! - A producer killed before publishing leaves nothing visible; one killed after publishing
-//!   left a complete message. Indexes only grow, so nothing is read twice.
+//!   left a complete message (possibly with `tail` not yet advanced, which the next producer
+//!   repairs). Positions only grow, so nothing is read twice.
 
 use std::sync::atomic::Ordering;
 
@@ -91,9 +95,11 @@ impl<W64: Word<u64>, W32: Word<u32>> LaneWords<'_, W64, W32> {
         cap.checked_sub(used).ok_or(Corrupt)
     }
 
-    /// Producer: publishes the message in slot `tail % cap`. `consumer_may_sleep` false (a
-    /// busy-polling consumer, which never sleeps) skips the sleep handshake and its fence.
-    pub fn publish(&self, tail: u64, consumer_may_sleep: bool) -> Ring {
+    /// Producer: publishes the message in slot `tail % cap`, whose sequence word is `seq`.
+    /// `consumer_may_sleep` false (a busy-polling consumer, which never sleeps) skips the sleep
+    /// handshake and its fence.
+    pub fn publish(&self, seq: &W64, tail: u64, consumer_may_sleep: bool) -> Ring {
+        seq.store(tail + 1, Ordering::Release);
         self.tail.store(tail + 1, Ordering::Release);
         if !consumer_may_sleep {
             return Ring::Quiet;
@@ -107,11 +113,20 @@ impl<W64: Word<u64>, W32: Word<u32>> LaneWords<'_, W64, W32> {
         }
     }
 
-    /// Consumer: how many messages are ready, given the consumer's `head` (its own copy).
-    pub fn ready(&self, head: u64, cap: u64) -> Result<u64, Corrupt> {
-        let tail = self.tail.load(Ordering::Acquire);
-        let n = tail.checked_sub(head).ok_or(Corrupt)?;
-        if n > cap { Err(Corrupt) } else { Ok(n) }
+    /// Consumer: whether the message at position `head` (its own copy) is published, given the
+    /// sequence word `seq` of slot `head % cap`. Acquire: the message's bytes are then visible.
+    /// Until then the word holds what the slot's previous message left (`head + 1 - cap`), or 0
+    /// in the first lap; any other value means a peer broke the protocol.
+    pub fn ready(seq: &W64, head: u64, cap: u64) -> Result<bool, Corrupt> {
+        let s = seq.load(Ordering::Acquire);
+        let next = head.wrapping_add(1);
+        if s == next {
+            Ok(true)
+        } else if s == next.saturating_sub(cap) {
+            Ok(false)
+        } else {
+            Err(Corrupt)
+        }
     }
 
     /// Consumer: frees slot `head % cap`. `producer_may_sleep` as for [`publish`](Self::publish).
@@ -128,13 +143,14 @@ impl<W64: Word<u64>, W32: Word<u32>> LaneWords<'_, W64, W32> {
         }
     }
 
-    /// Consumer: announces it is about to sleep; returns whether a message arrived meanwhile
-    /// (then it must not sleep). Either way it must call [`consumer_awake`](Self::consumer_awake)
-    /// once it no longer sleeps.
-    pub fn consumer_will_sleep(&self, head: u64) -> bool {
+    /// Consumer: announces it is about to sleep; returns whether the message at `head` (slot
+    /// sequence word `seq`) arrived meanwhile (then it must not sleep). Either way it must call
+    /// [`consumer_awake`](Self::consumer_awake) once it no longer sleeps.
+    /// A damaged word counts as a change, so that the caller looks again and reports it.
+    pub fn consumer_will_sleep(&self, seq: &W64, head: u64, cap: u64) -> bool {
         self.consumer_sleeping.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        self.tail.load(Ordering::Relaxed) != head
+        Self::ready(seq, head, cap) != Ok(false)
     }
 
     /// Consumer: no longer sleeping.
@@ -174,6 +190,7 @@ mod model {
         pbell: Bell,
         cbell: Bell,
         slots: [AtomicU64; CAP],
+        seqs: [AtomicU64; CAP],
     }
 
     /// A futex stand-in: a word, and a condition variable for sleepers. `wait(seen)` returns at
@@ -219,6 +236,7 @@ mod model {
                 pbell: Bell::new(),
                 cbell: Bell::new(),
                 slots: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+                seqs: std::array::from_fn(|_| AtomicU64::new(0)),
             }
         }
         fn words(&self) -> LaneWords<'_, AtomicU64, AtomicU32> {
@@ -249,8 +267,9 @@ mod model {
                         }
                         w.producer_awake();
                     }
-                    p.slots[(tail % CAP as u64) as usize].store(m * 7 + 1, Ordering::Relaxed);
-                    if w.publish(tail, true) == Ring::Wake {
+                    let i = (tail % CAP as u64) as usize;
+                    p.slots[i].store(m * 7 + 1, Ordering::Relaxed);
+                    if w.publish(&p.seqs[i], tail, true) == Ring::Wake {
                         p.cbell.ring();
                     }
                     tail += 1;
@@ -259,12 +278,13 @@ mod model {
             let w = lane.words();
             let mut head = 0;
             for m in 0..messages {
+                let seq = &lane.seqs[(head % CAP as u64) as usize];
                 loop {
-                    if w.ready(head, CAP as u64).unwrap() > 0 {
+                    if LaneWords::<AtomicU64, AtomicU32>::ready(seq, head, CAP as u64).unwrap() {
                         break;
                     }
                     let seen = lane.cbell.seen();
-                    if !w.consumer_will_sleep(head) {
+                    if !w.consumer_will_sleep(seq, head, CAP as u64) {
                         lane.cbell.wait(seen);
                     }
                     w.consumer_awake();

@@ -83,12 +83,23 @@ pub const MAX_CHANNEL_BYTES: u64 = 1 << 34;
 const LINE: usize = 64;
 const HEADER_LEN: usize = 4 * LINE;
 const LANE_LEN: usize = 4 * LINE;
-/// The slot header (the length word, then padding) keeps payloads cache-line aligned, which
-/// makes large copies in and out markedly faster.
+/// The slot header: the length word, the sequence word, padding. It keeps payloads cache-line
+/// aligned, which makes large copies in and out markedly faster.
 const SLOT_HEADER: usize = 64;
-const FIRST_LIVENESS_CHECK: Duration = Duration::from_millis(1);
+/// Offset of a slot's sequence word (`position + 1` once the message at `position` is
+/// published); the length word is at 0.
+const S_SEQ: usize = 8;
+/// First liveness check of a sleeping end. Every timed sleep arms a kernel timer, and one that
+/// expires before the scheduler's next tick must reprogram the CPU's timer hardware, which in a
+/// virtual machine is a trap to the hypervisor (about a microsecond on the reference machine, a
+/// third of a futex round trip). 10 ms stays behind the tick, so a sleep costs what an untimed one
+/// does, and a dead peer is still noticed within 10 to 100 ms.
+const FIRST_LIVENESS_CHECK: Duration = Duration::from_millis(10);
 const MAX_LIVENESS_CHECK: Duration = Duration::from_millis(100);
 const MIN_SPIN: u32 = 64;
+/// Polls a busy-polling end makes before any bookkeeping (clock, CPU, liveness): a peer on
+/// another core usually answers within them, and the bookkeeping would delay seeing it.
+const QUICK_POLLS: u32 = 256;
 const MAX_SPIN: u32 = 1 << 15;
 /// Largest position a sender starts from: a lane's positions then never overflow (a position is
 /// a message count; 2^63 messages take centuries).
@@ -287,11 +298,7 @@ impl ChannelBuilder {
         let heads: Vec<u64> = (0..lanes)
             .map(|i| shared.lane(i).head.load(Ordering::Acquire))
             .collect();
-        let cursor = Cursor {
-            tails: heads.clone(),
-            heads,
-            next: 0,
-        };
+        let cursor = Cursor { heads, next: 0 };
         Ok(Receiver {
             shared,
             wait: self.wait,
@@ -320,7 +327,13 @@ impl ChannelBuilder {
         );
         // Carry on from where the lane's previous sender stopped, once its positions are checked:
         // we count on from the tail, which must therefore be far from the end of the range.
-        let tail = shared.lane(lane).tail.load(Ordering::Acquire);
+        let mut tail = shared.lane(lane).tail.load(Ordering::Acquire);
+        // A sender killed between publishing a message (its slot's sequence word) and advancing
+        // `tail` left that message readable: count it.
+        if tail < MAX_POSITION && shared.slot(lane, tail).seq.load(Ordering::Acquire) == tail + 1 {
+            tail += 1;
+            shared.lane(lane).tail.store(tail, Ordering::Release);
+        }
         let cap = u64::from(shared.geometry.capacity);
         let consistent = tail <= MAX_POSITION && shared.lane(lane).free_slots(tail, cap).is_ok();
         let head = shared.lane(lane).head.load(Ordering::Acquire);
@@ -346,7 +359,7 @@ impl ChannelBuilder {
 /// fence) while the word is 1. When a sleeping end replaces a busy-polling one, the other end may
 /// still skip the handshake once on a stale read: `membarrier` makes every CPU see the new word
 /// and finish its earlier stores before this end first sleeps. Should the call be unavailable,
-/// the liveness checks bound such a missed wake-up to the first check (1 ms).
+/// the liveness checks bound such a missed wake-up to the first check (10 ms).
 fn announce_busy(word: &AtomicU32, mode: WaitMode) {
     let busy = u32::from(mode == WaitMode::BusyPoll);
     if word.swap(busy, Ordering::SeqCst) == 1 && busy == 0 {
@@ -512,13 +525,21 @@ impl Shared {
         HEADER_LEN + lane * LANE_LEN
     }
 
+    /// The protocol words of `lane`. On every message's path: one bounds check, not four.
     fn lane(&self, lane: usize) -> LaneWords<'_> {
-        let o = self.lane_off(lane);
-        LaneWords {
-            tail: self.u64_at(o + L_TAIL),
-            head: self.u64_at(o + L_HEAD),
-            producer_sleeping: self.u32_at(o + L_PRODUCER_SLEEPING),
-            consumer_sleeping: self.u32_at(H_CONSUMER_SLEEPING),
+        assert!(lane < self.geometry.lanes as usize);
+        let at = self.region.as_ptr().wrapping_add(self.lane_off(lane));
+        // SAFETY: `lane` is in range, so its control block (LANE_LEN bytes, 64-aligned, inside the
+        // control area that the validated geometry sized the region for) holds these words at
+        // their aligned offsets; shared words are only accessed atomically, and the references
+        // live no longer than `self` and its mapping.
+        unsafe {
+            LaneWords {
+                tail: AtomicU64::from_ptr(at.add(L_TAIL).cast()),
+                head: AtomicU64::from_ptr(at.add(L_HEAD).cast()),
+                producer_sleeping: AtomicU32::from_ptr(at.add(L_PRODUCER_SLEEPING).cast()),
+                consumer_sleeping: self.u32_at(H_CONSUMER_SLEEPING),
+            }
         }
     }
 
@@ -557,18 +578,31 @@ impl Shared {
         }
     }
 
-    /// The slot for position `pos` of `lane`: (length word, first data byte).
-    fn slot(&self, lane: usize, pos: u64) -> (&AtomicU32, *mut u8) {
+    /// The slot for position `pos` of `lane`.
+    fn slot(&self, lane: usize, pos: u64) -> Slot<'_> {
         let g = &self.geometry;
+        assert!(lane < g.lanes as usize);
         let index = (pos & u64::from(g.capacity - 1)) as usize;
         let off = HEADER_LEN
             + g.lanes as usize * LANE_LEN
             + (lane * g.capacity as usize + index) * g.stride();
         debug_assert!(off + g.stride() <= self.region.len());
-        // SAFETY: `off` is a slot start inside the region (the geometry was validated against the
-        // region's size), 64-aligned; the length word is the slot's first 4 bytes.
-        let len = unsafe { AtomicU32::from_ptr(self.region.as_ptr().add(off).cast()) };
-        (len, self.region.as_ptr().wrapping_add(off + SLOT_HEADER))
+        let at = self.region.as_ptr().wrapping_add(off);
+        Slot {
+            // SAFETY: `off` is a slot start inside the region (`lane` and `index` are in range and
+            // the geometry was validated against the region's size), 64-aligned; the length word
+            // is the slot's first 4 bytes, the sequence word bytes 8..16, both only ever accessed
+            // atomically.
+            len: unsafe { AtomicU32::from_ptr(at.cast()) },
+            // SAFETY: as above.
+            seq: unsafe { AtomicU64::from_ptr(at.add(S_SEQ).cast()) },
+            data: off + SLOT_HEADER,
+        }
+    }
+
+    /// The address of the byte at `off` (a [`Slot::data`] offset) in the mapping.
+    fn data(&self, off: usize) -> *mut u8 {
+        self.region.as_ptr().wrapping_add(off)
     }
 
     /// Whether any lane has a sender attached (alive or not): pid words only, no system call.
@@ -587,6 +621,14 @@ impl Shared {
             "channel indexes are inconsistent: a peer broke the protocol",
         )
     }
+}
+
+/// One slot's words, and where its message starts.
+struct Slot<'a> {
+    len: &'a AtomicU32,
+    seq: &'a AtomicU64,
+    /// Offset of the message's first byte in the mapping (see [`Shared::data`]).
+    data: usize,
 }
 
 /// Adaptive spin budget.
@@ -788,6 +830,14 @@ impl Sender {
         if timeout == Some(Duration::ZERO) {
             return Err(Error::new(ErrorKind::Full));
         }
+        if self.wait == WaitMode::BusyPoll {
+            for _ in 0..QUICK_POLLS {
+                std::hint::spin_loop();
+                if self.has_space()? {
+                    return Ok(());
+                }
+            }
+        }
         self.shared
             .producer_endpoint(self.lane)
             .cpu
@@ -870,11 +920,11 @@ impl Sender {
     }
 
     fn publish(&mut self, len: usize) {
-        let (len_word, _) = self.shared.slot(self.lane, self.tail);
-        len_word.store(len as u32, Ordering::Relaxed);
+        let slot = self.shared.slot(self.lane, self.tail);
+        slot.len.store(len as u32, Ordering::Relaxed);
         let lane = self.shared.lane(self.lane);
         let may_sleep = self.shared.u32_at(H_CONSUMER_BUSY).load(Ordering::Relaxed) == 0;
-        if lane.publish(self.tail, may_sleep) == Ring::Wake {
+        if lane.publish(slot.seq, self.tail, may_sleep) == Ring::Wake {
             ring(self.shared.doorbell());
         }
         self.tail += 1;
@@ -916,10 +966,8 @@ impl SendSlot<'_> {
     }
 
     fn data(&self) -> *mut u8 {
-        self.sender
-            .shared
-            .slot(self.sender.lane, self.sender.tail)
-            .1
+        let shared = &self.sender.shared;
+        shared.data(shared.slot(self.sender.lane, self.sender.tail).data)
     }
 
     /// Copies `bytes` into the message at `offset`.
@@ -986,8 +1034,6 @@ pub struct Receiver {
 struct Cursor {
     /// Next position to read, per lane.
     heads: Vec<u64>,
-    /// Last tail seen, per lane.
-    tails: Vec<u64>,
     /// Lane to look at first (round-robin).
     next: usize,
 }
@@ -1003,23 +1049,20 @@ impl Cursor {
             } else {
                 self.next + k
             };
-            if self.tails[i] == self.heads[i] {
-                let n = shared
-                    .lane(i)
-                    .ready(self.heads[i], cap)
-                    .map_err(|_| shared.corrupt())?;
-                self.tails[i] = self.heads[i] + n;
-            }
-            if self.tails[i] != self.heads[i] {
-                let (len_word, _) = shared.slot(i, self.heads[i]);
-                let len = len_word.load(Ordering::Relaxed) as usize;
+            let slot = shared.slot(i, self.heads[i]);
+            if <LaneWords>::ready(slot.seq, self.heads[i], cap).map_err(|_| shared.corrupt())? {
+                let len = slot.len.load(Ordering::Relaxed) as usize;
                 if len > shared.geometry.max_message as usize {
                     return Err(Error::with_message(
                         ErrorKind::Protocol,
                         "a sender published an oversized message",
                     ));
                 }
-                return Ok(Some(Found { lane: i, len }));
+                return Ok(Some(Found {
+                    lane: i,
+                    len,
+                    data: slot.data,
+                }));
             }
         }
         Ok(None)
@@ -1038,9 +1081,15 @@ impl WaitSide for RxWait<'_> {
         self.cursor.find(self.shared)
     }
     fn announce(&mut self) -> bool {
-        let heads = &self.cursor.heads;
-        self.shared.lane(0).consumer_will_sleep(heads[0])
-            || (1..heads.len()).any(|i| self.shared.lane(i).tail.load(Ordering::SeqCst) != heads[i])
+        let (shared, heads) = (self.shared, &self.cursor.heads);
+        let cap = u64::from(shared.geometry.capacity);
+        // One announcement and fence cover every lane; a damaged word counts as a change.
+        shared
+            .lane(0)
+            .consumer_will_sleep(shared.slot(0, heads[0]).seq, heads[0], cap)
+            || (1..heads.len()).any(|i| {
+                <LaneWords>::ready(shared.slot(i, heads[i]).seq, heads[i], cap) != Ok(false)
+            })
     }
     fn awake(&mut self) {
         self.shared.lane(0).consumer_awake();
@@ -1058,6 +1107,8 @@ impl WaitSide for RxWait<'_> {
 struct Found {
     lane: usize,
     len: usize,
+    /// Offset of the message in the mapping.
+    data: usize,
 }
 
 impl Receiver {
@@ -1085,6 +1136,14 @@ impl Receiver {
         }
         if timeout == Some(Duration::ZERO) {
             return Err(Error::new(ErrorKind::Timeout));
+        }
+        if self.wait == WaitMode::BusyPoll {
+            for _ in 0..QUICK_POLLS {
+                std::hint::spin_loop();
+                if let Some(f) = self.cursor.find(&self.shared)? {
+                    return Ok(f);
+                }
+            }
         }
         // A sender came and went, and nothing is left to read: the peer is gone. (Only the pid
         // words are read here, no /proc: this runs every time the channel is found empty. A
@@ -1221,10 +1280,7 @@ impl RecvGuard<'_> {
     }
 
     fn data(&self) -> *const u8 {
-        self.rx
-            .shared
-            .slot(self.found.lane, self.rx.cursor.heads[self.found.lane])
-            .1
+        self.rx.shared.data(self.found.data)
     }
 
     /// Copies bytes from `offset` of the message into `buf`.

@@ -37,11 +37,11 @@
 //! | names, namespace folders, errors, OS layer | implemented |
 //! | [`mapping`] (File Mapping) and [`sync`] (mutex, event, semaphore, wait for several) | implemented |
 //! | [`channel`]: shared-memory message channels (ipckit's own fast local path) | implemented |
-//! | [`pipe`]: anonymous and local named pipes, blocking API | implemented; tokio and network form not yet |
+//! | [`pipe`]: anonymous and local named pipes, blocking and tokio, shared with chosen users | implemented; network form not yet |
 //! | [`mailslot`]: local mailslots, blocking and tokio | implemented; network forms need the broker |
 //! | Sockets, RPC, COM, DDE, Copy Data, Clipboard, the broker | not yet |
 //!
-//! Cargo feature `tokio`: async versions of the blocking calls (channels and mailslots so far).
+//! Cargo feature `tokio`: async versions of the blocking calls (channels, pipes and mailslots so far).
 
 pub mod channel;
 pub mod error;

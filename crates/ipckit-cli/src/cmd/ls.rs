@@ -163,6 +163,45 @@ fn mailslot_row(ns: &Namespace, e: &Entry, name: &str) -> ipckit::Result<Option<
     }))
 }
 
+/// The live pipes that the user of the folder `e` (`GLOBAL/pipe/UID`) shares with others.
+fn shared_pipe_rows(ns: &Namespace, e: &Entry) -> ipckit::Result<Vec<Row>> {
+    let Some(owner) = e
+        .path
+        .file_name()
+        .and_then(|c| c.to_str())
+        .and_then(|c| c.parse::<u32>().ok())
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(ipckit::pipe::describe_shared(ns, owner)?
+        .into_iter()
+        .map(|(component, st)| {
+            let name =
+                ipckit::name::decode_component(&component).unwrap_or_else(|| "(long name)".into());
+            let mode = match st.info.pipe_type {
+                PipeType::Byte => "byte",
+                PipeType::Message => "message",
+            };
+            Row {
+                kind: "pipe".into(),
+                scope: e.scope,
+                name: format!(r"\\.\pipe\{name}"),
+                os_name: e.path.join(&component).display().to_string(),
+                size: None,
+                holders: st.servers.clone(),
+                details: serde_json::json!({
+                    "mode": mode,
+                    "instances": st.instances,
+                    "max_instances": st.max_instances(),
+                    "free": st.free,
+                    "servers": st.servers,
+                    "shared_by": owner,
+                }),
+            }
+        })
+        .collect())
+}
+
 fn details_text(kind: &str, d: &serde_json::Value) -> String {
     match (kind, d) {
         (_, serde_json::Value::Null) => "-".to_owned(),
@@ -170,8 +209,11 @@ fn details_text(kind: &str, d: &serde_json::Value) -> String {
             let max = d["max_instances"]
                 .as_u64()
                 .map_or_else(|| "unlimited".to_owned(), |m| m.to_string());
+            let shared = d["shared_by"]
+                .as_u64()
+                .map_or_else(String::new, |uid| format!(", shared by uid {uid}"));
             format!(
-                "{}, instances {}/{max}, free {}",
+                "{}, instances {}/{max}, free {}{shared}",
                 d["mode"].as_str().unwrap_or("?"),
                 d["instances"],
                 d["free"]
@@ -198,6 +240,11 @@ pub fn run(args: Args) -> CmdResult {
     sweep(&ns)?;
     let mut rows = Vec::new();
     for e in ns.entries()? {
+        if e.folder == Folder::Pipe && e.scope == Scope::Global {
+            // GLOBAL/pipe/UID: the pipes that user shares with others.
+            rows.extend(shared_pipe_rows(&ns, &e)?);
+            continue;
+        }
         if let Some(r) = row(&ns, &e)? {
             rows.push(r);
         }

@@ -52,7 +52,44 @@ pub fn describe(ns: &Namespace, component: &str) -> Result<Option<PipeStatus>> {
         Err(e) if matches!(e.kind(), ErrorKind::NotFound) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let meta = match registry::read_meta(&dir) {
+    describe_dir(&dir)
+}
+
+/// The live pipes that user `owner` shares with other users (`GLOBAL/pipe/OWNER/`, see
+/// [`ServerOptions::allow_user`](super::ServerOptions::allow_user)): each one's folder entry
+/// (the encoded name) and state, sorted by entry. Nothing is created.
+pub fn describe_shared(ns: &Namespace, owner: u32) -> Result<Vec<(String, PipeStatus)>> {
+    let user = owner.to_string();
+    let path = ns.global_dir().join(Folder::Pipe.dir_name()).join(&user);
+    if !path.is_dir() {
+        return Ok(Vec::new());
+    }
+    let shared = ns.folder(Folder::Pipe, Scope::Global)?;
+    let ofd = match fd::open_subdir_of(&shared, shared.path(), &user, owner) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    let mut names = fd::list(&ofd, &path)?;
+    names.sort();
+    for component in names.iter().filter(|n| !n.starts_with('.')) {
+        let Ok(fd) = fd::open_subdir_of(&ofd, &path, component, owner) else {
+            continue;
+        };
+        let dir = PipeDir {
+            fd,
+            path: path.join(component),
+        };
+        if let Some(st) = describe_dir(&dir)? {
+            out.push((component.clone(), st));
+        }
+    }
+    Ok(out)
+}
+
+fn describe_dir(dir: &PipeDir) -> Result<Option<PipeStatus>> {
+    let meta = match registry::read_meta(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -69,7 +106,7 @@ pub fn describe(ns: &Namespace, component: &str) -> Result<Option<PipeStatus>> {
         servers: Vec::new(),
     };
     for slot in names.iter().filter(|n| is_slot(n)) {
-        let Ok(f) = fd::open_file(&dir.fd, &dir.path, slot) else {
+        let Ok(f) = fd::open_file_read(&dir.fd, &dir.path, slot) else {
             continue; // closed meanwhile
         };
         let (dev, ino) = file::identity(&f)?;

@@ -127,7 +127,7 @@ use std::time::Duration;
 
 pub use anonymous::{PipeReader, PipeWriter, anonymous_pipe};
 pub use client::{ClientOptions, NamedPipeClient, call_named_pipe, wait_named_pipe};
-pub use describe::{PipeStatus, describe};
+pub use describe::{PipeStatus, describe, describe_shared};
 /// Shared with the mailslots, whose folder is locked the same way.
 pub(crate) use registry::folder_lock;
 pub use server::{NamedPipeServer, ServerOptions};

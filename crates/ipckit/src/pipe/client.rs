@@ -1,6 +1,7 @@
 //! The client end of a named pipe (`CreateFile` on `\\.\pipe\NAME`), `WaitNamedPipe` and
 //! `CallNamedPipe`.
 
+use std::os::fd::OwnedFd;
 use std::time::Instant;
 
 use super::conn::{Conn, Side};
@@ -94,7 +95,7 @@ impl ClientOptions {
         };
         loop {
             let (dir, place) = self.locate(&ns, &name)?;
-            match connect_in(&dir, &name, place) {
+            match connect_in(&dir, &name) {
                 Err(e) if e.kind() == ErrorKind::PipeBusy => {
                     let wait = match (self.wait, deadline) {
                         (None, _) => return Err(e),
@@ -184,12 +185,8 @@ impl ClientOptions {
     }
 }
 
-/// Claims a free instance in `dir` and reads the pipe's parameters.
-pub(crate) fn connect_in(
-    dir: &PipeDir,
-    name: &PipeName,
-    _place: Place,
-) -> Result<(std::os::fd::OwnedFd, Meta)> {
+/// Connects to a free instance in `dir` and reads the pipe's parameters.
+pub(crate) fn connect_in(dir: &PipeDir, name: &PipeName) -> Result<(OwnedFd, Meta)> {
     let meta = registry::client_meta(dir, name)?;
     let fd = registry::connect(dir, name)?;
     Ok((fd, meta))

@@ -422,7 +422,7 @@ impl ClientOptions {
         };
         loop {
             let (dir, place) = self.locate(&ns, &name)?;
-            match connect_in(&dir, &name, place) {
+            match connect_in(&dir, &name) {
                 Err(e) if e.kind() == ErrorKind::PipeBusy => {
                     let wait = match (self.wait_option(), deadline) {
                         (None, _) => return Err(e),

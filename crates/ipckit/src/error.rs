@@ -77,6 +77,21 @@ pub enum ErrorKind {
     Protocol,
     /// The server cannot be reached. Windows: `RPC_S_SERVER_UNAVAILABLE` (1722).
     ServerUnavailable,
+    /// The RPC server does not offer the interface, or not in a compatible version (major
+    /// versions differ, or the server's minor version is lower than the client's).
+    /// Windows: `RPC_S_UNKNOWN_IF` (1717).
+    UnknownInterface,
+    /// The RPC interface has no procedure with that number. Windows:
+    /// `RPC_S_PROCNUM_OUT_OF_RANGE` (1745).
+    ProcNumOutOfRange,
+    /// The remote procedure call failed (the server ended it with a fault, or the connection
+    /// broke while the call was in flight). Windows: `RPC_S_CALL_FAILED` (1726).
+    CallFailed,
+    /// The remote procedure call was cancelled. Windows: `RPC_S_CALL_CANCELLED` (1818).
+    CallCancelled,
+    /// A binding has no endpoint and no endpoint mapper could supply one. Windows:
+    /// `EPT_S_NOT_REGISTERED` (1753).
+    NoEndpoint,
     /// The call needs the network gateway of the broker, which is not configured or not
     /// built yet. Windows: `ERROR_BAD_NETPATH` (53).
     NeedsGateway,
@@ -120,6 +135,11 @@ impl ErrorKind {
             ErrorKind::Full => 170,
             ErrorKind::Protocol => 1728,
             ErrorKind::ServerUnavailable => 1722,
+            ErrorKind::UnknownInterface => 1717,
+            ErrorKind::ProcNumOutOfRange => 1745,
+            ErrorKind::CallFailed => 1726,
+            ErrorKind::CallCancelled => 1818,
+            ErrorKind::NoEndpoint => 1753,
             ErrorKind::NeedsGateway => 53,
             ErrorKind::NoInterface => 0x8000_4002,
             ErrorKind::ClassNotRegistered => 0x8004_0154,
@@ -154,6 +174,11 @@ impl ErrorKind {
             ErrorKind::PeerGone => "peer gone",
             ErrorKind::Protocol => "protocol violation",
             ErrorKind::ServerUnavailable => "server unavailable",
+            ErrorKind::UnknownInterface => "unknown interface",
+            ErrorKind::ProcNumOutOfRange => "procedure number out of range",
+            ErrorKind::CallFailed => "the remote procedure call failed",
+            ErrorKind::CallCancelled => "the remote procedure call was cancelled",
+            ErrorKind::NoEndpoint => "no endpoint for the binding",
             ErrorKind::NeedsGateway => "needs the broker's network gateway",
             ErrorKind::NoInterface => "no such interface",
             ErrorKind::ClassNotRegistered => "class not registered",
@@ -399,6 +424,11 @@ mod tests {
             (ErrorKind::NotOwner, 288),
             (ErrorKind::TooManyPosts, 298),
             (ErrorKind::ServerUnavailable, 1722),
+            (ErrorKind::UnknownInterface, 1717),
+            (ErrorKind::CallFailed, 1726),
+            (ErrorKind::ProcNumOutOfRange, 1745),
+            (ErrorKind::NoEndpoint, 1753),
+            (ErrorKind::CallCancelled, 1818),
             (ErrorKind::NoInterface, 0x8000_4002),
             (ErrorKind::ClassNotRegistered, 0x8004_0154),
             (ErrorKind::Disconnected, 0x8001_0108),

@@ -1752,18 +1752,20 @@ fn garbage_in_shared_memory_fails_with_protocol() {
         let _ = rx.depth();
     };
 
-    // The receiver waits on the sequence word of its next slot (slot 2 after messages 0 and 1,
-    // which the setup sent): only `head + 1` (published) or the previous lap's value (here 0)
-    // are valid there. `tail` is the sender's business; the receiver does not trust it.
-    let seq_at = |slot: u64| slots_at(1) + slot * stride + 8;
+    // The receiver waits on the sequence (low half of the state word) of its next slot (slot 2
+    // after messages 0 and 1, which the setup sent): only `head + 1` (published) or the previous
+    // lap's value (here 0) are valid there. `tail` is the sender's business; the receiver does
+    // not trust it.
+    let seq_at = |slot: u64| slots_at(1) + slot * stride;
+    let len_at = |slot: u64| slots_at(1) + slot * stride + 4;
     for (name, value, what) in [
-        ("far", 1u64 << 40, "sequence far beyond head"),
+        ("far", 1u64 << 30, "sequence far beyond head"),
         ("behind", 1, "sequence behind head"),
         ("lapped", 2 + 1 + 8, "sequence a ring ahead"),
     ] {
         let (mut rx, _s) = setup(name);
         rx.recv().unwrap(); // message 1 was already published
-        scribble(&t, &shm_file(&ns, name), seq_at(2), value, 8);
+        scribble(&t, &shm_file(&ns, name), seq_at(2), value, 4);
         check(&mut rx, what);
     }
     // A tail scribbled anywhere neither delivers nor loses anything.
@@ -1775,8 +1777,8 @@ fn garbage_in_shared_memory_fails_with_protocol() {
     for (name, len) in [("long", u64::from(MAX) + 1), ("huge", u64::from(u32::MAX))] {
         let (mut rx, _s) = setup(name);
         rx.recv().unwrap();
-        scribble(&t, &shm_file(&ns, name), slots_at(1) + 2 * stride, len, 4);
-        scribble(&t, &shm_file(&ns, name), seq_at(2), 3, 8);
+        scribble(&t, &shm_file(&ns, name), len_at(2), len, 4);
+        scribble(&t, &shm_file(&ns, name), seq_at(2), 3, 4);
         check(&mut rx, "oversized slot");
     }
 
@@ -1787,7 +1789,7 @@ fn garbage_in_shared_memory_fails_with_protocol() {
     assert_eq!(ask(&mut s, "tx"), "ok");
     r.send_str("recv").unwrap();
     settle_asleep(r.pid());
-    scribble(&t, &shm_file(&ns, "asleep"), seq_at(0), 1 << 40, 8);
+    scribble(&t, &shm_file(&ns, "asleep"), seq_at(0), 1 << 30, 4);
     assert_eq!(r.recv_str_timeout(T).unwrap(), "err Protocol");
 
     // The head moved past the tail: a sender fails once it needs room.
@@ -2152,8 +2154,8 @@ proptest! {
                 11 => (lane + 16, 8),         // sender start time
                 12 => (lane + 128, 4),        // sender sleeping
                 13 => (lane + 132, 4),        // space bell
-                14 | 15 => (slots_at(2) + ((k % 2) * CAP + k) * stride, 4), // a slot's length
-                _ => (slots_at(2) + ((k % 2) * CAP + k) * stride + 8, 8), // a slot's sequence
+                14 | 15 => (slots_at(2) + ((k % 2) * CAP + k) * stride, 4), // a slot's sequence
+                _ => (slots_at(2) + ((k % 2) * CAP + k) * stride + 4, 4), // a slot's length
             };
             let bytes = value.to_le_bytes();
             shm.write_all_at(&bytes[..width], at).unwrap();

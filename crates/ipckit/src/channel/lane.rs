@@ -4,15 +4,15 @@
 //! channel (atomics in shared memory) and by the loom model (`--cfg ipckit_loom`), which checks it
 //! exhaustively. It does no I/O and never sleeps: the caller decides how to wait.
 //!
-//! Protocol (a ring whose slots carry their own sequence word, with a sleep handshake):
-//! - The producer writes slot `tail % cap`, stores its length, then publishes with a Release
-//!   store of `tail + 1` into the slot's sequence word, and then into the lane's `tail` (which
-//!   only observers and a later producer read); if the consumer announced sleep, it rings the
-//!   doorbell.
-//! - The consumer reads slot `head % cap` once its sequence word is `head + 1` (Acquire): it
-//!   polls the line it is about to read anyway, not a separate index. It frees the slot with a
-//!   Release store of `head + 1`; if the producer announced it waits for space, it rings the
-//!   producer's bell.
+//! Protocol (a ring whose slots carry their own state word, with a sleep handshake):
+//! - The producer writes slot `tail % cap`, then publishes it with one Release store of the
+//!   slot's state word: the message length and the sequence `tail + 1` (mod 2^32) together; then
+//!   it stores the lane's `tail` (which only observers and a later producer read); if the
+//!   consumer announced sleep, it rings the doorbell.
+//! - The consumer reads slot `head % cap` once its state word's sequence is `head + 1` (Acquire):
+//!   it polls the line it is about to read anyway, not a separate index, and one load gives it
+//!   the length too. It frees the slot with a Release store of `head + 1`; if the producer
+//!   announced it waits for space, it rings the producer's bell.
 //! - A side that wants to sleep stores its announcement, re-checks the word it waits on, and
 //!   only then sleeps; the other side stores that word and then reads the announcement. A
 //!   sequentially consistent fence between the store and the load on both sides guarantees that
@@ -71,6 +71,12 @@ pub(crate) struct LaneWords<
     pub consumer_sleeping: &'a W32,
 }
 
+/// A slot's state word: the sequence `seq` (a position + 1, mod 2^32) in the low half, the
+/// message length in the high half.
+pub(crate) fn slot_state(seq: u64, len: u32) -> u64 {
+    (u64::from(len) << 32) | u64::from(seq as u32)
+}
+
 /// Why an index read from shared memory cannot be right: a peer broke the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Corrupt;
@@ -95,11 +101,11 @@ impl<W64: Word<u64>, W32: Word<u32>> LaneWords<'_, W64, W32> {
         cap.checked_sub(used).ok_or(Corrupt)
     }
 
-    /// Producer: publishes the message in slot `tail % cap`, whose sequence word is `seq`.
-    /// `consumer_may_sleep` false (a busy-polling consumer, which never sleeps) skips the sleep
-    /// handshake and its fence.
-    pub fn publish(&self, seq: &W64, tail: u64, consumer_may_sleep: bool) -> Ring {
-        seq.store(tail + 1, Ordering::Release);
+    /// Producer: publishes the `len`-byte message in slot `tail % cap`, whose state word is
+    /// `state`. `consumer_may_sleep` false (a busy-polling consumer, which never sleeps) skips the
+    /// sleep handshake and its fence.
+    pub fn publish(&self, state: &W64, tail: u64, len: u32, consumer_may_sleep: bool) -> Ring {
+        state.store(slot_state(tail + 1, len), Ordering::Release);
         self.tail.store(tail + 1, Ordering::Release);
         if !consumer_may_sleep {
             return Ring::Quiet;
@@ -113,17 +119,19 @@ impl<W64: Word<u64>, W32: Word<u32>> LaneWords<'_, W64, W32> {
         }
     }
 
-    /// Consumer: whether the message at position `head` (its own copy) is published, given the
-    /// sequence word `seq` of slot `head % cap`. Acquire: the message's bytes are then visible.
-    /// Until then the word holds what the slot's previous message left (`head + 1 - cap`), or 0
-    /// in the first lap; any other value means a peer broke the protocol.
-    pub fn ready(seq: &W64, head: u64, cap: u64) -> Result<bool, Corrupt> {
-        let s = seq.load(Ordering::Acquire);
+    /// Consumer: the length of the message at position `head` (its own copy) once it is
+    /// published, given the state word `state` of slot `head % cap`. Acquire: the message's bytes
+    /// are then visible. Until then the word's sequence is what the slot's previous message left
+    /// (`head + 1 - cap`), or 0 in the first lap; any other value means a peer broke the
+    /// protocol. (Only these two values are possible, and they differ modulo 2^32 since a lane
+    /// has fewer than 2^32 slots.)
+    pub fn ready(state: &W64, head: u64, cap: u64) -> Result<Option<u32>, Corrupt> {
+        let s = state.load(Ordering::Acquire);
         let next = head.wrapping_add(1);
-        if s == next {
-            Ok(true)
-        } else if s == next.saturating_sub(cap) {
-            Ok(false)
+        if s as u32 == next as u32 {
+            Ok(Some((s >> 32) as u32))
+        } else if s as u32 == next.saturating_sub(cap) as u32 {
+            Ok(None)
         } else {
             Err(Corrupt)
         }
@@ -144,13 +152,13 @@ impl<W64: Word<u64>, W32: Word<u32>> LaneWords<'_, W64, W32> {
     }
 
     /// Consumer: announces it is about to sleep; returns whether the message at `head` (slot
-    /// sequence word `seq`) arrived meanwhile (then it must not sleep). Either way it must call
+    /// state word `state`) arrived meanwhile (then it must not sleep). Either way it must call
     /// [`consumer_awake`](Self::consumer_awake) once it no longer sleeps.
     /// A damaged word counts as a change, so that the caller looks again and reports it.
-    pub fn consumer_will_sleep(&self, seq: &W64, head: u64, cap: u64) -> bool {
+    pub fn consumer_will_sleep(&self, state: &W64, head: u64, cap: u64) -> bool {
         self.consumer_sleeping.store(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        Self::ready(seq, head, cap) != Ok(false)
+        Self::ready(state, head, cap) != Ok(None)
     }
 
     /// Consumer: no longer sleeping.
@@ -269,7 +277,7 @@ mod model {
                     }
                     let i = (tail % CAP as u64) as usize;
                     p.slots[i].store(m * 7 + 1, Ordering::Relaxed);
-                    if w.publish(&p.seqs[i], tail, true) == Ring::Wake {
+                    if w.publish(&p.seqs[i], tail, m as u32 + 1, true) == Ring::Wake {
                         p.cbell.ring();
                     }
                     tail += 1;
@@ -280,7 +288,9 @@ mod model {
             for m in 0..messages {
                 let seq = &lane.seqs[(head % CAP as u64) as usize];
                 loop {
-                    if LaneWords::<AtomicU64, AtomicU32>::ready(seq, head, CAP as u64).unwrap() {
+                    let len = LaneWords::<AtomicU64, AtomicU32>::ready(seq, head, CAP as u64);
+                    if let Some(len) = len.unwrap() {
+                        assert_eq!(len, m as u32 + 1, "torn length");
                         break;
                     }
                     let seen = lane.cbell.seen();

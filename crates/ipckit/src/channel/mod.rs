@@ -83,12 +83,9 @@ pub const MAX_CHANNEL_BYTES: u64 = 1 << 34;
 const LINE: usize = 64;
 const HEADER_LEN: usize = 4 * LINE;
 const LANE_LEN: usize = 4 * LINE;
-/// The slot header: the length word, the sequence word, padding. It keeps payloads cache-line
-/// aligned, which makes large copies in and out markedly faster.
+/// The slot header: the state word (sequence and length, see [`lane::slot_state`]), padding. It
+/// keeps payloads cache-line aligned, which makes large copies in and out markedly faster.
 const SLOT_HEADER: usize = 64;
-/// Offset of a slot's sequence word (`position + 1` once the message at `position` is
-/// published); the length word is at 0.
-const S_SEQ: usize = 8;
 /// First liveness check of a sleeping end. Every timed sleep arms a kernel timer, and one that
 /// expires before the scheduler's next tick must reprogram the CPU's timer hardware, which in a
 /// virtual machine is a trap to the hypervisor (about a microsecond on the reference machine, a
@@ -97,9 +94,6 @@ const S_SEQ: usize = 8;
 const FIRST_LIVENESS_CHECK: Duration = Duration::from_millis(10);
 const MAX_LIVENESS_CHECK: Duration = Duration::from_millis(100);
 const MIN_SPIN: u32 = 64;
-/// Polls a busy-polling end makes before any bookkeeping (clock, CPU, liveness): a peer on
-/// another core usually answers within them, and the bookkeeping would delay seeing it.
-const QUICK_POLLS: u32 = 256;
 const MAX_SPIN: u32 = 1 << 15;
 /// Largest position a sender starts from: a lane's positions then never overflow (a position is
 /// a message count; 2^63 messages take centuries).
@@ -330,7 +324,8 @@ impl ChannelBuilder {
         let mut tail = shared.lane(lane).tail.load(Ordering::Acquire);
         // A sender killed between publishing a message (its slot's sequence word) and advancing
         // `tail` left that message readable: count it.
-        if tail < MAX_POSITION && shared.slot(lane, tail).seq.load(Ordering::Acquire) == tail + 1 {
+        let state = shared.slot(lane, tail).state.load(Ordering::Acquire);
+        if tail < MAX_POSITION && state as u32 == (tail + 1) as u32 {
             tail += 1;
             shared.lane(lane).tail.store(tail, Ordering::Release);
         }
@@ -502,6 +497,7 @@ impl Shared {
         })
     }
 
+    #[inline]
     fn u32_at(&self, off: usize) -> &AtomicU32 {
         assert!(
             off.is_multiple_of(4)
@@ -512,6 +508,7 @@ impl Shared {
         unsafe { AtomicU32::from_ptr(self.region.as_ptr().add(off).cast()) }
     }
 
+    #[inline]
     fn u64_at(&self, off: usize) -> &AtomicU64 {
         assert!(
             off.is_multiple_of(8)
@@ -521,11 +518,13 @@ impl Shared {
         unsafe { AtomicU64::from_ptr(self.region.as_ptr().add(off).cast()) }
     }
 
+    #[inline]
     fn lane_off(&self, lane: usize) -> usize {
         HEADER_LEN + lane * LANE_LEN
     }
 
     /// The protocol words of `lane`. On every message's path: one bounds check, not four.
+    #[inline]
     fn lane(&self, lane: usize) -> LaneWords<'_> {
         assert!(lane < self.geometry.lanes as usize);
         let at = self.region.as_ptr().wrapping_add(self.lane_off(lane));
@@ -579,6 +578,7 @@ impl Shared {
     }
 
     /// The slot for position `pos` of `lane`.
+    #[inline]
     fn slot(&self, lane: usize, pos: u64) -> Slot<'_> {
         let g = &self.geometry;
         assert!(lane < g.lanes as usize);
@@ -590,17 +590,15 @@ impl Shared {
         let at = self.region.as_ptr().wrapping_add(off);
         Slot {
             // SAFETY: `off` is a slot start inside the region (`lane` and `index` are in range and
-            // the geometry was validated against the region's size), 64-aligned; the length word
-            // is the slot's first 4 bytes, the sequence word bytes 8..16, both only ever accessed
-            // atomically.
-            len: unsafe { AtomicU32::from_ptr(at.cast()) },
-            // SAFETY: as above.
-            seq: unsafe { AtomicU64::from_ptr(at.add(S_SEQ).cast()) },
+            // the geometry was validated against the region's size), 64-aligned; the state word
+            // is the slot's first 8 bytes, only ever accessed atomically.
+            state: unsafe { AtomicU64::from_ptr(at.cast()) },
             data: off + SLOT_HEADER,
         }
     }
 
     /// The address of the byte at `off` (a [`Slot::data`] offset) in the mapping.
+    #[inline]
     fn data(&self, off: usize) -> *mut u8 {
         self.region.as_ptr().wrapping_add(off)
     }
@@ -625,8 +623,8 @@ impl Shared {
 
 /// One slot's words, and where its message starts.
 struct Slot<'a> {
-    len: &'a AtomicU32,
-    seq: &'a AtomicU64,
+    /// Sequence and length (see [`lane::slot_state`]).
+    state: &'a AtomicU64,
     /// Offset of the message's first byte in the mapping (see [`Shared::data`]).
     data: usize,
 }
@@ -691,7 +689,9 @@ fn wait_until<W: WaitSide>(
         spin.failed();
     }
     let mut check_every = FIRST_LIVENESS_CHECK;
-    let mut next_check = Instant::now() + check_every;
+    // Read the clock only once the first polls failed: a busy-polling end should see a quick
+    // answer as soon as it comes.
+    let mut next_check: Option<Instant> = None;
     loop {
         if mode == WaitMode::BusyPoll {
             for _ in 0..256 {
@@ -707,6 +707,7 @@ fn wait_until<W: WaitSide>(
             if side.announce() {
                 side.awake();
             } else {
+                let next_check = *next_check.get_or_insert_with(|| Instant::now() + check_every);
                 let until = deadline.map_or(next_check, |d| d.min(next_check));
                 let woke = futex::wait(side.bell(), seen, Some(until));
                 side.awake();
@@ -720,7 +721,7 @@ fn wait_until<W: WaitSide>(
         if deadline.is_some_and(|d| now >= d) {
             return Err(Error::new(ErrorKind::Timeout));
         }
-        if now >= next_check {
+        if now >= *next_check.get_or_insert(now + check_every) {
             if !side.peer_alive() {
                 // One last look: the peer may have finished just before it went.
                 if let Some(v) = side.ready()? {
@@ -732,7 +733,7 @@ fn wait_until<W: WaitSide>(
                 ));
             }
             check_every = (check_every * 2).min(MAX_LIVENESS_CHECK);
-            next_check = now + check_every;
+            next_check = Some(now + check_every);
         }
     }
 }
@@ -809,6 +810,7 @@ impl Sender {
         self.shared.geometry
     }
 
+    #[inline]
     fn has_space(&mut self) -> Result<bool> {
         let cap = u64::from(self.shared.geometry.capacity);
         if self.tail.wrapping_sub(self.head) < cap {
@@ -829,14 +831,6 @@ impl Sender {
         }
         if timeout == Some(Duration::ZERO) {
             return Err(Error::new(ErrorKind::Full));
-        }
-        if self.wait == WaitMode::BusyPoll {
-            for _ in 0..QUICK_POLLS {
-                std::hint::spin_loop();
-                if self.has_space()? {
-                    return Ok(());
-                }
-            }
         }
         self.shared
             .producer_endpoint(self.lane)
@@ -876,13 +870,26 @@ impl Sender {
         Ok(())
     }
 
+    /// The common case (the message fits, the cached head says there is room) inline; the rest
+    /// out of line, so that the hot path stays a few instructions.
+    #[inline]
     fn reserve_inner(&mut self, len: usize, timeout: Option<Duration>) -> Result<SendSlot<'_>> {
+        let cap = u64::from(self.shared.geometry.capacity);
+        if len > self.max_message() || self.tail.wrapping_sub(self.head) >= cap {
+            return self.reserve_slow(len, timeout);
+        }
+        Ok(SendSlot { sender: self, len })
+    }
+
+    #[inline(never)]
+    fn reserve_slow(&mut self, len: usize, timeout: Option<Duration>) -> Result<SendSlot<'_>> {
         self.check_len(len)?;
         self.wait_space(timeout)?;
         Ok(SendSlot { sender: self, len })
     }
 
     /// Reserves room for a `len`-byte message, waiting while the channel is full.
+    #[inline]
     pub fn reserve(&mut self, len: usize) -> Result<SendSlot<'_>> {
         self.reserve_inner(len, None)
     }
@@ -919,12 +926,13 @@ impl Sender {
         self.send_inner(msg, Some(timeout))
     }
 
+    #[inline]
     fn publish(&mut self, len: usize) {
         let slot = self.shared.slot(self.lane, self.tail);
-        slot.len.store(len as u32, Ordering::Relaxed);
         let lane = self.shared.lane(self.lane);
         let may_sleep = self.shared.u32_at(H_CONSUMER_BUSY).load(Ordering::Relaxed) == 0;
-        if lane.publish(slot.seq, self.tail, may_sleep) == Ring::Wake {
+        // `len` <= max_message < 2^32, checked at reserve.
+        if lane.publish(slot.state, self.tail, len as u32, may_sleep) == Ring::Wake {
             ring(self.shared.doorbell());
         }
         self.tail += 1;
@@ -965,12 +973,14 @@ impl SendSlot<'_> {
         self.len == 0
     }
 
+    #[inline]
     fn data(&self) -> *mut u8 {
         let shared = &self.sender.shared;
         shared.data(shared.slot(self.sender.lane, self.sender.tail).data)
     }
 
     /// Copies `bytes` into the message at `offset`.
+    #[inline]
     pub fn write(&mut self, offset: usize, bytes: &[u8]) -> Result<()> {
         if offset > self.len || bytes.len() > self.len - offset {
             return Err(Error::with_message(
@@ -999,6 +1009,7 @@ impl SendSlot<'_> {
     }
 
     /// Publishes the message.
+    #[inline]
     pub fn commit(self) {
         let len = self.len;
         self.sender.publish(len);
@@ -1040,6 +1051,7 @@ struct Cursor {
 
 impl Cursor {
     /// The next message, if one is published.
+    #[inline]
     fn find(&mut self, shared: &Shared) -> Result<Option<Found>> {
         let lanes = self.heads.len();
         let cap = u64::from(shared.geometry.capacity);
@@ -1050,13 +1062,11 @@ impl Cursor {
                 self.next + k
             };
             let slot = shared.slot(i, self.heads[i]);
-            if <LaneWords>::ready(slot.seq, self.heads[i], cap).map_err(|_| shared.corrupt())? {
-                let len = slot.len.load(Ordering::Relaxed) as usize;
+            let ready = <LaneWords>::ready(slot.state, self.heads[i], cap);
+            if let Some(len) = ready.map_err(|_| shared.corrupt())? {
+                let len = len as usize;
                 if len > shared.geometry.max_message as usize {
-                    return Err(Error::with_message(
-                        ErrorKind::Protocol,
-                        "a sender published an oversized message",
-                    ));
+                    return Err(oversized());
                 }
                 return Ok(Some(Found {
                     lane: i,
@@ -1067,6 +1077,14 @@ impl Cursor {
         }
         Ok(None)
     }
+}
+
+#[cold]
+fn oversized() -> Error {
+    Error::with_message(
+        ErrorKind::Protocol,
+        "a sender published an oversized message",
+    )
 }
 
 /// A receiver waiting for a message.
@@ -1086,9 +1104,9 @@ impl WaitSide for RxWait<'_> {
         // One announcement and fence cover every lane; a damaged word counts as a change.
         shared
             .lane(0)
-            .consumer_will_sleep(shared.slot(0, heads[0]).seq, heads[0], cap)
+            .consumer_will_sleep(shared.slot(0, heads[0]).state, heads[0], cap)
             || (1..heads.len()).any(|i| {
-                <LaneWords>::ready(shared.slot(i, heads[i]).seq, heads[i], cap) != Ok(false)
+                <LaneWords>::ready(shared.slot(i, heads[i]).state, heads[i], cap) != Ok(None)
             })
     }
     fn awake(&mut self) {
@@ -1130,20 +1148,13 @@ impl Receiver {
             .fold(0, u64::saturating_add)
     }
 
+    #[inline(never)]
     fn wait_message(&mut self, timeout: Option<Duration>) -> Result<Found> {
         if let Some(f) = self.cursor.find(&self.shared)? {
             return Ok(f);
         }
         if timeout == Some(Duration::ZERO) {
             return Err(Error::new(ErrorKind::Timeout));
-        }
-        if self.wait == WaitMode::BusyPoll {
-            for _ in 0..QUICK_POLLS {
-                std::hint::spin_loop();
-                if let Some(f) = self.cursor.find(&self.shared)? {
-                    return Ok(f);
-                }
-            }
         }
         // A sender came and went, and nothing is left to read: the peer is gone. (Only the pid
         // words are read here, no /proc: this runs every time the channel is found empty. A
@@ -1180,6 +1191,7 @@ impl Receiver {
         )
     }
 
+    #[inline]
     fn take(&mut self, f: Found) {
         let c = &mut self.cursor;
         let head = c.heads[f.lane];
@@ -1198,12 +1210,18 @@ impl Receiver {
         };
     }
 
+    /// A message already there inline; waiting out of line.
+    #[inline]
     fn borrow_inner(&mut self, timeout: Option<Duration>) -> Result<RecvGuard<'_>> {
-        let found = self.wait_message(timeout)?;
+        let found = match self.cursor.find(&self.shared) {
+            Ok(Some(f)) => f,
+            _ => self.wait_message(timeout)?,
+        };
         Ok(RecvGuard { rx: self, found })
     }
 
     /// Borrows the next message in place, waiting for one. Released when the guard drops.
+    #[inline]
     pub fn recv_borrow(&mut self) -> Result<RecvGuard<'_>> {
         self.borrow_inner(None)
     }
@@ -1279,11 +1297,13 @@ impl RecvGuard<'_> {
         self.found.len == 0
     }
 
+    #[inline]
     fn data(&self) -> *const u8 {
         self.rx.shared.data(self.found.data)
     }
 
     /// Copies bytes from `offset` of the message into `buf`.
+    #[inline]
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         if offset > self.len() || buf.len() > self.len() - offset {
             return Err(Error::with_message(
@@ -1328,6 +1348,7 @@ impl RecvGuard<'_> {
 }
 
 impl Drop for RecvGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.rx.take(self.found);
     }

@@ -51,6 +51,7 @@ pub mod name;
 pub mod namespace;
 pub mod object;
 pub mod pipe;
+pub mod rpc;
 pub mod sync;
 pub mod sys;
 

@@ -20,7 +20,10 @@ use ipckit::pipe::{
     ClientOptions, NamedPipeServer, OpenMode, PipeReader, PipeWait, PipeWriter, ReadMode,
     ServerOptions, anonymous_pipe,
 };
-use ipckit_testkit::{RoleCtx, RoleResult, TestCase, test_case, unique_name, wait_for};
+use ipckit_testkit::{RoleCtx, RoleResult, test_case, unique_name, wait_for};
+
+mod common;
+use common::{ctx_ns, ensure, fnv, ns_of, pattern, settle_asleep};
 
 /// Upper bound for anything that must happen eventually.
 const T: Duration = Duration::from_secs(30);
@@ -29,20 +32,8 @@ const T: Duration = Duration::from_secs(30);
 /// acts as that child instead of running the test.
 const CHILD_ENV: &str = "IPCKIT_PIPE_TEST_CHILD";
 
-fn ns_of(t: &TestCase) -> Namespace {
-    Namespace::at(t.namespace())
-}
-
-fn ctx_ns(ctx: &RoleCtx) -> Namespace {
-    Namespace::at(ctx.namespace())
-}
-
 fn client(ctx: &RoleCtx) -> ClientOptions {
     ClientOptions::new().namespace(ctx_ns(ctx))
-}
-
-fn ensure(cond: bool, msg: impl Into<String>) -> RoleResult {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
 }
 
 fn pipe_name(tag: &str) -> String {
@@ -61,25 +52,6 @@ fn assert_kind<T: std::fmt::Debug>(r: ipckit::Result<T>, kind: ErrorKind, what: 
         Ok(v) => panic!("{what}: expected {kind:?}, got Ok({v:?})"),
         Err(e) => assert_eq!(e.kind(), kind, "{what}: {e}"),
     }
-}
-
-/// Deterministic bytes for a message of `len` bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 const SIZES: &[usize] = &[
@@ -936,6 +908,45 @@ fn pipes_are_private_unless_shared_and_other_users_are_refused_unless_allowed() 
         assert!(g.wait_timeout(T).unwrap().success(), "{}", g.report());
         srv.kill().unwrap();
     }
+}
+
+#[test]
+fn wait_named_pipe_ends_when_the_last_server_is_killed() {
+    let t = test_case!();
+    t.role("server", |ctx| {
+        let mut s = ServerOptions::new()
+            .max_instances(1)?
+            .namespace(ctx_ns(ctx))
+            .create(ctx.arg(0).unwrap())?;
+        ctx.send_str("ready")?;
+        s.connect()?;
+        ctx.send_str("busy")?;
+        ctx.expect("never", T)?;
+        Ok(())
+    });
+    t.role("holder", |ctx| {
+        let _c = client(ctx).connect(ctx.arg(0).unwrap())?;
+        ctx.expect("never", T)?;
+        Ok(())
+    });
+    t.role("waiter", |ctx| {
+        // No time limit: only the server's end can finish this wait (a killed server removes
+        // nothing from the pipe's folder).
+        let r = client(ctx).wait_named_pipe(ctx.arg(0).unwrap(), PipeWait::Forever);
+        ctx.send_str(&kind_of(r))?;
+        Ok(())
+    });
+    let name = pipe_name("waitkill");
+    let mut s = t.spawn("server").arg(&name).start();
+    s.expect("ready", T).unwrap();
+    let mut h = t.spawn("holder").arg(&name).start();
+    s.expect("busy", T).unwrap();
+    let mut w = t.spawn("waiter").arg(&name).start();
+    settle_asleep(w.pid());
+    s.kill().unwrap();
+    w.expect("NotFound:2", T).unwrap();
+    assert!(w.wait_timeout(T).unwrap().success(), "{}", w.report());
+    h.kill().unwrap();
 }
 
 /// The child of `anonymous_pipes_to_a_child`: reads its stdin and the inherited handles,

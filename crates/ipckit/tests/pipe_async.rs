@@ -17,25 +17,16 @@ use ipckit::ErrorKind;
 use ipckit::name::PipeName;
 use ipckit::namespace::Namespace;
 use ipckit::pipe::{ClientOptions, PipeWait, ReadMode, ServerOptions};
-use ipckit_testkit::{RoleCtx, RoleResult, TestCase, test_case, unique_name};
+use ipckit_testkit::{RoleCtx, test_case, unique_name};
+
+mod common;
+use common::{ctx_ns, ensure, fnv, ns_of, pattern};
 use tokio::io::AsyncReadExt;
 
 /// Upper bound for anything that must happen eventually.
 const T: Duration = Duration::from_secs(60);
 /// How long a future is given before it is dropped, where it cannot complete.
 const SHORT: Duration = Duration::from_millis(50);
-
-fn ns_of(t: &TestCase) -> Namespace {
-    Namespace::at(t.namespace())
-}
-
-fn ctx_ns(ctx: &RoleCtx) -> Namespace {
-    Namespace::at(ctx.namespace())
-}
-
-fn ensure(cond: bool, msg: impl Into<String>) -> RoleResult {
-    if cond { Ok(()) } else { Err(msg.into().into()) }
-}
 
 fn pipe_name(tag: &str) -> String {
     format!(r"\\.\pipe\{}", unique_name(tag))
@@ -47,25 +38,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// Deterministic bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn fnv(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 /// A message of client `id`, number `seq`: id, seq, checksum, then a payload of `len` bytes.

@@ -1,8 +1,10 @@
 //! Anonymous and named pipes across real processes: echo in byte and message mode with
 //! boundaries from 0 B to 16 MiB, ERROR_MORE_DATA, peek, instances and PIPE_BUSY across server
-//! processes, WaitNamedPipe, a concurrent stress run with checksums, peer identity, SIGKILL in
-//! the middle of a message, hostile peers speaking the wire protocol directly, refused users,
-//! and anonymous pipes handed to a child as stdio and as inherited handles.
+//! processes, WaitNamedPipe (woken by a free instance or the last server's death), a concurrent
+//! stress run with checksums, peer identity, SIGKILL in the middle of a message, hostile peers
+//! speaking the wire protocol directly, private and shared pipes with a real unprivileged client
+//! of another user (refused unless allowed), and anonymous pipes handed to a child as stdio and
+//! as inherited handles.
 //!
 //! Every test runs in its own namespace (the test kit's `IPCKIT_RUNTIME_DIR`), which the parent
 //! opens with `Namespace::at(t.namespace())` and every peer gets from `ctx.namespace()`.

@@ -37,7 +37,7 @@ const PUBLISHED_FILE_MODE: u32 = 0o644;
 /// Mode of a published pipe's listening sockets (connecting needs write permission).
 const PUBLISHED_SOCKET_MODE: u32 = 0o666;
 /// How often a wait for a free instance re-checks the servers when the kernel cannot report
-/// their end (no `pidfd_open`).
+/// their end (no `pidfd_open`, or a server pid that is not in this pid namespace).
 const FALLBACK_RECHECK: Duration = Duration::from_millis(250);
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -580,9 +580,9 @@ impl FreeWait {
         for pid in pids {
             match socket::process_exit_fd(pid) {
                 Ok(Some(fd)) => exits.push(fd),
-                // Gone already: look again at once.
-                Ok(None) => slice = Some(Duration::ZERO),
-                Err(_) => slice = Some(slice.unwrap_or(FALLBACK_RECHECK).min(FALLBACK_RECHECK)),
+                // Gone just now (or a server in another pid namespace, or no pidfds): look
+                // again a little later; never spin.
+                Ok(None) | Err(_) => slice = Some(FALLBACK_RECHECK),
             }
         }
         Ok(WaitStep::Sleep { exits, slice })

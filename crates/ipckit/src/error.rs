@@ -70,6 +70,9 @@ pub enum ErrorKind {
     TooManyPosts,
     /// A bounded queue is full and the caller asked not to wait. Windows: `ERROR_BUSY` (170).
     Full,
+    /// A service's per-client or total limit is reached (the broker's registrations, watches,
+    /// connections). Windows: `ERROR_NOT_ENOUGH_QUOTA` (1816).
+    QuotaExceeded,
     /// The peer process ended or went away. Windows: `ERROR_BROKEN_PIPE` (109).
     PeerGone,
     /// The peer broke the protocol (garbage, truncated or oversized frames).
@@ -133,6 +136,7 @@ impl ErrorKind {
             ErrorKind::NotOwner => 288,
             ErrorKind::TooManyPosts => 298,
             ErrorKind::Full => 170,
+            ErrorKind::QuotaExceeded => 1816,
             ErrorKind::Protocol => 1728,
             ErrorKind::ServerUnavailable => 1722,
             ErrorKind::UnknownInterface => 1717,
@@ -171,6 +175,7 @@ impl ErrorKind {
             ErrorKind::NotOwner => "not the owner",
             ErrorKind::TooManyPosts => "too many posts",
             ErrorKind::Full => "queue full",
+            ErrorKind::QuotaExceeded => "quota exceeded",
             ErrorKind::PeerGone => "peer gone",
             ErrorKind::Protocol => "protocol violation",
             ErrorKind::ServerUnavailable => "server unavailable",

@@ -43,6 +43,7 @@
 //!
 //! Cargo feature `tokio`: async versions of the blocking calls (channels, pipes and mailslots so far).
 
+pub mod broker;
 pub mod channel;
 pub mod error;
 pub mod mailslot;

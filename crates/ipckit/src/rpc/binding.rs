@@ -257,9 +257,10 @@ impl Binding {
                     .map_err(|e| bad_endpoint(format!("ncacn_np endpoint {ep:?}: {e}")))?;
             }
             Protseq::Tcp => {
-                if !matches!(ep.parse::<u16>(), Ok(p) if p > 0) {
+                // Port 0 lets a server take any free port (clients cannot reach it).
+                if ep.parse::<u16>().is_err() {
                     return Err(bad_endpoint(format!(
-                        "ncacn_ip_tcp endpoint {ep:?} must be a port number 1-65535"
+                        "ncacn_ip_tcp endpoint {ep:?} must be a port number 0-65535"
                     )));
                 }
             }
@@ -441,7 +442,7 @@ mod tests {
         assert_eq!(code("no-colon"), 1700);
         assert_eq!(code("ncalrpc:[calc"), 1700);
         assert_eq!(code("ncalrpc:[a,b]"), 1700);
-        assert_eq!(code("ncacn_ip_tcp:h[0]"), 1706);
+        assert_eq!(code("ncacn_ip_tcp:h[65536]"), 1706);
         assert_eq!(code("ncacn_ip_tcp:h[http]"), 1706);
         assert_eq!(code("ncalrpc:[../x]"), 1706);
         assert_eq!(code(r"ncacn_np:[\mailslot\x]"), 1706);

@@ -10,12 +10,44 @@
 //! # Ok::<(), ipckit::Error>(())
 //! ```
 
+#[cfg(feature = "tokio")]
+mod asynch;
 pub mod binding;
+mod client;
+mod context;
+mod link;
 pub mod proto;
+mod server;
 mod uuid;
 
 pub use binding::{Binding, Protseq, Resolver};
+pub use client::{CallError, Client, ClientOptions, decode, decode_reply, encode};
+pub use context::{CallContext, Caller, ContextHandle};
+pub use proto::{Outcome, Reply};
+pub use server::{Dispatch, Server, ServerOptions, outcome};
 pub use uuid::Uuid;
+
+#[cfg(feature = "tokio")]
+pub use asynch::AsyncClient;
+pub use ipckit_macros::interface;
+
+/// Expands its input only when ipckit's `tokio` feature is on (used by the code that
+/// `#[interface]` generates for the async client).
+#[cfg(feature = "tokio")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __rpc_if_tokio {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// Expands its input only when ipckit's `tokio` feature is on (used by the code that
+/// `#[interface]` generates for the async client).
+#[cfg(not(feature = "tokio"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __rpc_if_tokio {
+    ($($t:tt)*) => {};
+}
 
 use std::fmt;
 

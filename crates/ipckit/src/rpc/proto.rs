@@ -390,6 +390,24 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// An empty reply (what a one-way call gives).
+    pub fn empty() -> Reply {
+        Reply {
+            frame: Frame {
+                header: Header {
+                    ty: FrameType::Response,
+                    flags: 0,
+                    call_id: 0,
+                    aux: 0,
+                    len: 0,
+                },
+                bytes: Vec::new(),
+                oversized: false,
+            },
+            app_error: false,
+        }
+    }
+
     /// The encoded result (or application error).
     pub fn body(&self) -> &[u8] {
         self.frame.body()

@@ -9,3 +9,4 @@ pub mod mmap;
 pub mod process;
 pub mod shm;
 pub mod socket;
+pub mod tcp;

@@ -1,0 +1,359 @@
+//! The `#[interface]` attribute of ipckit RPC, re-exported as `ipckit::rpc::interface`; see
+//! the `ipckit::rpc` module docs for its use.
+//!
+//! Windows counterpart: MIDL, which turns an IDL interface into a client stub and a server
+//! stub. Here the interface is a Rust trait; no build script and no code generator run.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{
+    FnArg, Ident, ItemTrait, LitStr, Pat, ReturnType, Token, TraitItem, Type, parse_macro_input,
+};
+
+struct Args {
+    uuid: LitStr,
+    version: LitStr,
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let mut uuid = None;
+        let mut version = None;
+        let pairs = Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated(input)?;
+        for p in pairs {
+            let key = p
+                .path
+                .get_ident()
+                .map(|i| i.to_string())
+                .unwrap_or_default();
+            let syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) = p.value
+            else {
+                return Err(syn::Error::new_spanned(p.value, "expected a string"));
+            };
+            match key.as_str() {
+                "uuid" => uuid = Some(s),
+                "version" => version = Some(s),
+                _ => return Err(syn::Error::new_spanned(p.path, "expected uuid or version")),
+            }
+        }
+        Ok(Args {
+            uuid: uuid.ok_or_else(|| input.error("missing uuid = \"...\""))?,
+            version: version.unwrap_or_else(|| LitStr::new("1.0", Span::call_site())),
+        })
+    }
+}
+
+fn valid_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
+/// Whether `ty` is `&CallContext` (any path ending in `CallContext`).
+fn is_ctx(ty: &Type) -> bool {
+    if let Type::Reference(r) = ty
+        && let Type::Path(p) = &*r.elem
+    {
+        return p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "CallContext");
+    }
+    false
+}
+
+/// `Result<T, E>` → `Some((T, E))`.
+fn result_parts(ty: &Type) -> Option<(Type, Type)> {
+    let Type::Path(p) = ty else { return None };
+    let seg = p.path.segments.last()?;
+    if seg.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(a) = &seg.arguments else {
+        return None;
+    };
+    let mut it = a.args.iter().filter_map(|g| match g {
+        syn::GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    });
+    let t = it.next()?;
+    let e = it.next()?;
+    Some((t, e))
+}
+
+/// Marks a trait as an RPC interface: `#[interface(uuid = "...", version = "1.0")]`.
+///
+/// For a trait `Calc` it generates `CalcClient` (blocking), `CalcAsyncClient` (with ipckit's
+/// `tokio` feature) and `CalcServer` (the dispatch, an `ipckit::rpc::Dispatch`). Method `n` of
+/// the trait (in order) is procedure number `n`. Methods take `&self`, then optionally
+/// `ctx: &CallContext`, then owned serde arguments; they return a serde value, a
+/// `Result<T, E>` (with `E` an application error that travels typed), or nothing. A method
+/// marked `#[oneway]` returns nothing and its caller does not wait.
+#[proc_macro_attribute]
+pub fn interface(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let args = parse_macro_input!(attr as Args);
+    let tr = parse_macro_input!(item as ItemTrait);
+    match expand(args, tr) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
+    let uuid = args.uuid.value();
+    if !valid_uuid(&uuid) {
+        return Err(syn::Error::new_spanned(
+            &args.uuid,
+            "uuid must look like 6b29fc40-ca47-1067-b31d-00dd010662da",
+        ));
+    }
+    let ver = args.version.value();
+    let (major, minor) = ver
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+        .ok_or_else(|| syn::Error::new_spanned(&args.version, "version must be \"MAJOR.MINOR\""))?;
+
+    let name = &tr.ident;
+    let vis = &tr.vis;
+    let client = format_ident!("{}Client", name);
+    let aclient = format_ident!("{}AsyncClient", name);
+    let server = format_ident!("{}Server", name);
+
+    let mut client_methods = Vec::new();
+    let mut async_methods = Vec::new();
+    let mut arms = Vec::new();
+    let mut opnum: u16 = 0;
+
+    for item in &mut tr.items {
+        let TraitItem::Fn(f) = item else { continue };
+        let before = f.attrs.len();
+        f.attrs.retain(|a| !a.path().is_ident("oneway"));
+        let oneway = f.attrs.len() != before;
+        let sig = &f.sig;
+        let mname = &sig.ident;
+        if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
+            return Err(syn::Error::new_spanned(
+                sig,
+                "RPC methods are plain (not async, not generic) methods",
+            ));
+        }
+        let mut inputs = sig.inputs.iter();
+        match inputs.next() {
+            Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {}
+            _ => {
+                return Err(syn::Error::new_spanned(sig, "RPC methods take &self first"));
+            }
+        }
+        let mut takes_ctx = false;
+        let mut names: Vec<Ident> = Vec::new();
+        let mut types: Vec<Type> = Vec::new();
+        for (i, a) in inputs.enumerate() {
+            let FnArg::Typed(pt) = a else { unreachable!() };
+            if i == 0 && is_ctx(&pt.ty) {
+                takes_ctx = true;
+                continue;
+            }
+            let id = match &*pt.pat {
+                Pat::Ident(p) => p.ident.clone(),
+                _ => format_ident!("arg{}", i),
+            };
+            names.push(id);
+            types.push((*pt.ty).clone());
+        }
+        let docs: Vec<_> = f
+            .attrs
+            .iter()
+            .filter(|a| a.path().is_ident("doc"))
+            .collect();
+        let ret = match &sig.output {
+            ReturnType::Default => None,
+            ReturnType::Type(_, t) => Some((**t).clone()),
+        };
+        let op = opnum;
+        opnum = opnum
+            .checked_add(1)
+            .ok_or_else(|| syn::Error::new_spanned(sig, "too many methods"))?;
+        let call_args = quote! { &(#(#names,)*) };
+        let ctx_arg = if takes_ctx {
+            quote! { ctx, }
+        } else {
+            quote! {}
+        };
+        let decode_args = quote! {
+            let (#(#names,)*): (#(#types,)*) = match ::ipckit::rpc::decode(args) {
+                Ok(v) => v,
+                Err(e) => return ::ipckit::rpc::Outcome::Fault(1783, e.to_string()),
+            };
+        };
+        if oneway {
+            if ret.is_some() {
+                return Err(syn::Error::new_spanned(
+                    sig,
+                    "a #[oneway] method returns nothing",
+                ));
+            }
+            client_methods.push(quote! {
+                #(#docs)*
+                /// One-way: returns once the request is sent.
+                pub fn #mname(&self, #(#names: #types),*) -> ::ipckit::Result<()> {
+                    self.client.call_oneway(#op, #call_args)
+                }
+            });
+            async_methods.push(quote! {
+                #(#docs)*
+                pub async fn #mname(&self, #(#names: #types),*) -> ::ipckit::Result<()> {
+                    self.client.call_oneway(#op, #call_args).await
+                }
+            });
+            arms.push(quote! {
+                #op => { #decode_args self.0.#mname(#ctx_arg #(#names),*); ::ipckit::rpc::Outcome::Ok(::std::vec::Vec::new()) }
+            });
+            continue;
+        }
+        match ret.as_ref().and_then(result_parts) {
+            Some((t, e)) => {
+                client_methods.push(quote! {
+                    #(#docs)*
+                    pub fn #mname(&self, #(#names: #types),*) -> ::std::result::Result<#t, ::ipckit::rpc::CallError<#e>> {
+                        self.client.call::<_, #t, #e>(#op, #call_args)
+                    }
+                });
+                async_methods.push(quote! {
+                    #(#docs)*
+                    pub async fn #mname(&self, #(#names: #types),*) -> ::std::result::Result<#t, ::ipckit::rpc::CallError<#e>> {
+                        self.client.call::<_, #t, #e>(#op, #call_args).await
+                    }
+                });
+                arms.push(quote! {
+                    #op => { #decode_args ::ipckit::rpc::outcome(self.0.#mname(#ctx_arg #(#names),*)) }
+                });
+            }
+            None => {
+                let t = ret.clone().unwrap_or_else(|| syn::parse_quote!(()));
+                client_methods.push(quote! {
+                    #(#docs)*
+                    pub fn #mname(&self, #(#names: #types),*) -> ::ipckit::Result<#t> {
+                        self.client.call::<_, #t, ()>(#op, #call_args).map_err(::ipckit::rpc::CallError::into_error)
+                    }
+                });
+                async_methods.push(quote! {
+                    #(#docs)*
+                    pub async fn #mname(&self, #(#names: #types),*) -> ::ipckit::Result<#t> {
+                        self.client.call::<_, #t, ()>(#op, #call_args).await.map_err(::ipckit::rpc::CallError::into_error)
+                    }
+                });
+                arms.push(quote! {
+                    #op => { #decode_args ::ipckit::rpc::outcome::<_, ()>(Ok(self.0.#mname(#ctx_arg #(#names),*))) }
+                });
+            }
+        }
+    }
+
+    tr.supertraits.push(syn::parse_quote!(::std::marker::Send));
+    tr.supertraits.push(syn::parse_quote!(::std::marker::Sync));
+    tr.supertraits.push(syn::parse_quote!('static));
+    if tr.colon_token.is_none() {
+        tr.colon_token = Some(Default::default());
+    }
+    let n_ops = opnum;
+    let client_doc =
+        format!("The blocking client of [`{name}`] (interface {uuid} v{major}.{minor}).");
+    let aclient_doc = format!("The async (tokio) client of [`{name}`].");
+    let server_doc = format!(
+        "The server dispatch of [`{name}`]: register `{server}::new(implementation)` with an `ipckit::rpc::Server`."
+    );
+
+    Ok(quote! {
+        #tr
+
+        #[doc = #client_doc]
+        #[derive(Debug, Clone)]
+        #vis struct #client {
+            client: ::ipckit::rpc::Client,
+        }
+
+        impl #client {
+            /// The interface's UUID and version.
+            pub const INTERFACE: ::ipckit::rpc::InterfaceId = ::ipckit::rpc::InterfaceId::new(
+                ::ipckit::rpc::Uuid::parse_const(#uuid), #major, #minor);
+
+            /// Connects to a string binding and binds to the interface.
+            pub fn connect(binding: &str) -> ::ipckit::Result<Self> {
+                Self::connect_with(&::ipckit::rpc::ClientOptions::new(), binding)
+            }
+            /// [`connect`](Self::connect) with options.
+            pub fn connect_with(opts: &::ipckit::rpc::ClientOptions, binding: &str) -> ::ipckit::Result<Self> {
+                Ok(Self { client: opts.connect(binding, Self::INTERFACE)? })
+            }
+            /// The untyped client underneath.
+            pub fn client(&self) -> &::ipckit::rpc::Client {
+                &self.client
+            }
+            #(#client_methods)*
+        }
+
+        ::ipckit::__rpc_if_tokio! {
+            #[doc = #aclient_doc]
+            #[derive(Debug, Clone)]
+            #vis struct #aclient {
+                client: ::ipckit::rpc::AsyncClient,
+            }
+
+            impl #aclient {
+                /// Connects to a string binding and binds to the interface.
+                pub async fn connect(binding: &str) -> ::ipckit::Result<Self> {
+                    Self::connect_with(&::ipckit::rpc::ClientOptions::new(), binding).await
+                }
+                /// [`connect`](Self::connect) with options.
+                pub async fn connect_with(opts: &::ipckit::rpc::ClientOptions, binding: &str) -> ::ipckit::Result<Self> {
+                    Ok(Self { client: ::ipckit::rpc::AsyncClient::connect(opts, binding, #client::INTERFACE).await? })
+                }
+                #(#async_methods)*
+            }
+        }
+
+        #[doc = #server_doc]
+        #vis struct #server<T>(pub ::std::sync::Arc<T>);
+
+        impl<T> ::std::fmt::Debug for #server<T> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(::std::stringify!(#server))
+            }
+        }
+
+        impl<T: #name> #server<T> {
+            /// The dispatcher of `implementation`, ready for `ipckit::rpc::Server::new`.
+            pub fn new(implementation: T) -> ::std::sync::Arc<dyn ::ipckit::rpc::Dispatch> {
+                ::std::sync::Arc::new(#server(::std::sync::Arc::new(implementation)))
+            }
+        }
+
+        impl<T: #name> ::ipckit::rpc::Dispatch for #server<T> {
+            fn interface(&self) -> ::ipckit::rpc::InterfaceId {
+                #client::INTERFACE
+            }
+            fn procedures(&self) -> u16 {
+                #n_ops
+            }
+            #[allow(unused_variables)]
+            fn dispatch(&self, ctx: &::ipckit::rpc::CallContext, opnum: u16, args: &[u8]) -> ::ipckit::rpc::Outcome {
+                match opnum {
+                    #(#arms)*
+                    _ => ::ipckit::rpc::Outcome::Fault(1745, ::std::format!("procedure {opnum} out of range")),
+                }
+            }
+        }
+    })
+}

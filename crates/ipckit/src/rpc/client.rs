@@ -1,0 +1,432 @@
+//! The blocking RPC client: one connection, calls from any number of threads at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::link::{self, Link};
+use super::proto::{ClientEvent, ClientProto, Decoder, Reply};
+use super::{Binding, InterfaceId, binding};
+use crate::error::{Error, ErrorKind, Result};
+use crate::namespace::Namespace;
+
+/// `RPC_S_CALL_CANCELLED`, the code of a call whose time ran out.
+const CALL_CANCELLED: u32 = 1818;
+
+/// Settings of a [`Client`].
+///
+/// Windows counterpart: the binding handle's options (`RpcMgmtSetComTimeout`,
+/// `RpcBindingSetOption(RPC_C_OPT_CALL_TIMEOUT)`).
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    timeout: Option<Duration>,
+    connect_timeout: Duration,
+    max_body: u32,
+    namespace: Option<Namespace>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: None,
+            connect_timeout: Duration::from_secs(10),
+            max_body: 16 << 20,
+            namespace: None,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Defaults: no call timeout, 10 s to connect, replies up to 16 MiB.
+    pub fn new() -> ClientOptions {
+        ClientOptions::default()
+    }
+    /// Every call waits at most `t` for its answer; then it is cancelled on the server and
+    /// fails with [`ErrorKind::Timeout`] (win32 `RPC_S_CALL_CANCELLED`, 1818).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+    /// How long connecting may take (TCP; pipe instances busy).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+    /// Largest reply body accepted (bigger ones fail that call with
+    /// [`ErrorKind::MessageTooLarge`]; at most 64 MiB).
+    pub fn max_message_size(mut self, bytes: u32) -> Self {
+        self.max_body = bytes.clamp(64, super::proto::MAX_BODY_LIMIT);
+        self
+    }
+    /// The namespace of `ncalrpc` and `ncacn_np` endpoints (default: the user's).
+    pub fn namespace(mut self, ns: Namespace) -> Self {
+        self.namespace = Some(ns);
+        self
+    }
+
+    /// Connects to `binding` and binds to `interface`
+    /// (`RpcBindingFromStringBinding` and the first call's bind).
+    ///
+    /// Errors: [`ErrorKind::ServerUnavailable`] (1722) when nobody listens there,
+    /// [`ErrorKind::UnknownInterface`] (1717) when the server does not offer the interface in
+    /// a compatible version, [`ErrorKind::NoEndpoint`] (1753) for a binding without endpoint.
+    pub fn connect(&self, binding: &str, interface: InterfaceId) -> Result<Client> {
+        let b = Binding::parse(binding)?;
+        let b = binding::resolve(&b, &interface, &[])?;
+        let ns = self.namespace.clone().unwrap_or_else(Namespace::from_env);
+        let link = link::connect(&b, &ns, self.connect_timeout)?;
+        let mut proto = ClientProto::new(interface, self.max_body);
+        let bind = proto.bind();
+        link.send(&[&bind]).map_err(|e| lost(&b, e, false))?;
+        let mut dec = Decoder::new(self.max_body);
+        let deadline = Instant::now() + self.connect_timeout;
+        let (major, minor) = loop {
+            if let Some(f) = dec.next_frame()? {
+                match proto.on_frame(f)? {
+                    ClientEvent::Bound { major, minor, .. } => break (major, minor),
+                    _ => return Err(Error::with_message(ErrorKind::Protocol, "no bind-ack")),
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut timed_out = false;
+            let n = dec.fill(|buf| {
+                link.recv(buf, Some(left)).map(|n| {
+                    timed_out = n.is_none();
+                    n.unwrap_or(0)
+                })
+            })?;
+            if timed_out {
+                return Err(Error::with_message(
+                    ErrorKind::ServerUnavailable,
+                    format!("{b}: no answer to the bind"),
+                ));
+            }
+            if n == 0 {
+                return Err(lost(&b, Error::new(ErrorKind::BrokenPipe), false));
+            }
+        };
+        Ok(Client {
+            shared: Arc::new(Shared {
+                link,
+                binding: b,
+                server_version: (major, minor),
+                timeout: self.timeout,
+                state: Mutex::new(State {
+                    proto,
+                    decoder: Some(dec),
+                    done: HashMap::new(),
+                    dead: None,
+                }),
+                cv: Condvar::new(),
+            }),
+        })
+    }
+}
+
+struct State {
+    proto: ClientProto,
+    /// `None` while a caller thread is reading for everyone.
+    decoder: Option<Decoder>,
+    done: HashMap<u32, Result<Reply>>,
+    dead: Option<(ErrorKind, String)>,
+}
+
+struct Shared {
+    link: Box<dyn Link>,
+    binding: Binding,
+    server_version: (u16, u16),
+    timeout: Option<Duration>,
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+/// A connected, bound RPC client. Cheap to clone (clones share the connection); calls from
+/// several threads run concurrently on the one connection.
+///
+/// Windows counterpart: a binding handle from `RpcBindingFromStringBinding`, bound to one
+/// interface, with the client stub's `NdrClientCall`. The typed clients that
+/// `#[ipckit::rpc::interface]` generates wrap it.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("binding", &self.shared.binding.to_string())
+            .finish()
+    }
+}
+
+fn lost(b: &Binding, e: Error, in_call: bool) -> Error {
+    if in_call {
+        Error::with_message(
+            ErrorKind::CallFailed,
+            format!("{b}: the connection was lost during the call ({e})"),
+        )
+    } else {
+        Error::with_message(
+            ErrorKind::ServerUnavailable,
+            format!("{b}: the server is gone ({e})"),
+        )
+    }
+}
+
+impl Client {
+    /// [`ClientOptions::connect`] with default options.
+    pub fn connect(binding: &str, interface: InterfaceId) -> Result<Client> {
+        ClientOptions::new().connect(binding, interface)
+    }
+
+    /// The binding this client is connected to.
+    pub fn binding(&self) -> &Binding {
+        &self.shared.binding
+    }
+
+    /// The server's version of the interface (major, minor), from the bind.
+    pub fn server_version(&self) -> (u16, u16) {
+        self.shared.server_version
+    }
+
+    /// Calls procedure `opnum` with encoded `args`; the reply's encoded body.
+    /// One-way calls return an empty reply as soon as the request is sent.
+    pub fn call_raw(&self, opnum: u16, args: &[u8], oneway: bool) -> Result<Reply> {
+        self.call_raw_timeout(opnum, args, oneway, self.shared.timeout)
+    }
+
+    /// [`call_raw`](Self::call_raw) with its own timeout (`None`: wait for ever).
+    pub fn call_raw_timeout(
+        &self,
+        opnum: u16,
+        args: &[u8],
+        oneway: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Reply> {
+        let sh = &*self.shared;
+        let (id, head) = {
+            let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((kind, msg)) = &st.dead {
+                return Err(Error::with_message(*kind, msg.clone()));
+            }
+            st.proto.request(opnum, args, oneway, timeout)?
+        };
+        if let Err(e) = sh.link.send(&[&head, args]) {
+            let err = lost(&sh.binding, e, false);
+            self.kill(&err);
+            return Err(err);
+        }
+        if oneway {
+            return Ok(Reply::empty());
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = st.done.remove(&id) {
+                return r;
+            }
+            if let Some((_, msg)) = &st.dead {
+                return Err(Error::with_message(
+                    ErrorKind::CallFailed,
+                    format!("the connection was lost during the call: {msg}"),
+                ));
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                let cancel = st.proto.cancel(id);
+                drop(st);
+                if let Some(c) = cancel {
+                    let _ = sh.link.send(&[&c]);
+                }
+                return Err(Error::with_message(
+                    ErrorKind::Timeout,
+                    format!(
+                        "call {opnum} got no answer within {:?}",
+                        timeout.unwrap_or_default()
+                    ),
+                )
+                .with_win32_code(CALL_CANCELLED));
+            }
+            match st.decoder.take() {
+                Some(mut dec) => {
+                    drop(st);
+                    let mut timed_out = false;
+                    let r = dec.fill(|buf| {
+                        sh.link.recv(buf, left).map(|n| {
+                            timed_out = n.is_none();
+                            n.unwrap_or(0)
+                        })
+                    });
+                    st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+                    match r {
+                        Ok(0) if timed_out => {}
+                        Ok(0) => Self::die(&mut st, &sh.binding, Error::new(ErrorKind::BrokenPipe)),
+                        Err(e) => Self::die(&mut st, &sh.binding, e),
+                        Ok(_) => loop {
+                            match dec.next_frame() {
+                                Ok(None) => break,
+                                Ok(Some(f)) => match st.proto.on_frame(f) {
+                                    Ok(ClientEvent::Reply { call_id, result }) => {
+                                        st.done.insert(call_id, result);
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => {
+                                        Self::die(&mut st, &sh.binding, e);
+                                        break;
+                                    }
+                                },
+                                Err(e) => {
+                                    Self::die(&mut st, &sh.binding, e);
+                                    break;
+                                }
+                            }
+                        },
+                    }
+                    st.decoder = Some(dec);
+                    sh.cv.notify_all();
+                }
+                None => {
+                    st = match left {
+                        Some(l) => {
+                            sh.cv
+                                .wait_timeout(st, l)
+                                .unwrap_or_else(|e| e.into_inner())
+                                .0
+                        }
+                        None => sh.cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+                    };
+                }
+            }
+        }
+    }
+
+    fn die(st: &mut State, b: &Binding, e: Error) {
+        if st.dead.is_none() {
+            let kind = if e.kind() == ErrorKind::Protocol {
+                ErrorKind::Protocol
+            } else {
+                ErrorKind::ServerUnavailable
+            };
+            st.dead = Some((kind, format!("{b}: connection ended ({e})")));
+            st.proto.drain_pending();
+        }
+    }
+
+    fn kill(&self, e: &Error) {
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.dead.is_none() {
+            st.dead = Some((e.kind(), e.to_string()));
+        }
+        self.shared.cv.notify_all();
+    }
+
+    /// Calls `opnum` with `args` encoded by postcard and decodes the result (or the
+    /// application error `E`). What the generated clients use.
+    pub fn call<A: Serialize, T: DeserializeOwned, E: DeserializeOwned>(
+        &self,
+        opnum: u16,
+        args: &A,
+    ) -> std::result::Result<T, CallError<E>> {
+        let bytes = encode(args)?;
+        let reply = self.call_raw(opnum, &bytes, false)?;
+        decode_reply(&reply)
+    }
+
+    /// Sends a one-way call (`[maybe]`): no answer, no result.
+    pub fn call_oneway<A: Serialize>(&self, opnum: u16, args: &A) -> Result<()> {
+        let bytes = encode(args)?;
+        self.call_raw(opnum, &bytes, true).map(|_| ())
+    }
+}
+
+/// Encodes a value as RPC arguments or results (postcard).
+pub fn encode<A: Serialize + ?Sized>(v: &A) -> Result<Vec<u8>> {
+    postcard::to_stdvec(v).map_err(|e| {
+        Error::with_message(ErrorKind::InvalidParameter, format!("cannot encode: {e}"))
+    })
+}
+
+/// Decodes RPC arguments or results (postcard); bad bytes give [`ErrorKind::Protocol`] with
+/// `RPC_X_BAD_STUB_DATA` (1783).
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| {
+        Error::with_message(ErrorKind::Protocol, format!("cannot decode: {e}"))
+            .with_win32_code(1783)
+    })
+}
+
+/// Decodes a reply: the result, or the application error.
+pub fn decode_reply<T: DeserializeOwned, E: DeserializeOwned>(
+    reply: &Reply,
+) -> std::result::Result<T, CallError<E>> {
+    if reply.app_error {
+        Err(CallError::App(decode(reply.body())?))
+    } else {
+        Ok(decode(reply.body())?)
+    }
+}
+
+/// The error of a call to a method that has an application error type `E`.
+///
+/// Windows counterpart: an application exception raised by the server routine
+/// (`RpcRaiseException` with the application's code) versus an RPC runtime failure
+/// (`RPC_S_*` codes); ipckit keeps them apart as two variants.
+#[derive(Debug)]
+pub enum CallError<E> {
+    /// The method returned this error.
+    App(E),
+    /// The call did not complete: connection, protocol, server fault (its status in
+    /// `win32_code()`).
+    Rpc(Error),
+}
+
+impl<E> From<Error> for CallError<E> {
+    fn from(e: Error) -> Self {
+        CallError::Rpc(e)
+    }
+}
+
+impl<E: std::fmt::Debug> std::fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::App(e) => write!(f, "the method failed: {e:?}"),
+            CallError::Rpc(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: std::fmt::Debug> std::error::Error for CallError<E> {}
+
+impl CallError<()> {
+    /// The RPC failure of a method without application error type (an application error is
+    /// impossible there; a server that sends one anyway breaks the protocol).
+    pub fn into_error(self) -> Error {
+        match self {
+            CallError::Rpc(e) => e,
+            CallError::App(()) => Error::with_message(
+                ErrorKind::Protocol,
+                "an application error from a method that has none",
+            ),
+        }
+    }
+}
+
+impl<E> CallError<E> {
+    /// The application error, if that is what it is.
+    pub fn app(self) -> Option<E> {
+        match self {
+            CallError::App(e) => Some(e),
+            CallError::Rpc(_) => None,
+        }
+    }
+    /// The RPC failure, if that is what it is.
+    pub fn rpc(&self) -> Option<&Error> {
+        match self {
+            CallError::Rpc(e) => Some(e),
+            CallError::App(_) => None,
+        }
+    }
+}

@@ -1,0 +1,662 @@
+//! The RPC server: endpoints, connections, a pool of call threads, graceful stop.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::context::{CallContext, Caller, ContextTable};
+use super::link::{self, Link, PipeLink, SockLink, SockListener};
+use super::proto::{self, Decoder, Outcome, ServerEvent, ServerProto, status};
+use super::{Binding, InterfaceId, Protseq};
+use crate::error::{Error, ErrorKind, Result};
+use crate::namespace::Namespace;
+use crate::sys::socket;
+
+/// A server-side interface: what the `#[interface]` attribute generates for a trait, or a
+/// hand-written dispatcher.
+///
+/// Windows counterpart: the server stub MIDL generates (`RPC_SERVER_INTERFACE` with its
+/// dispatch table) registered with `RpcServerRegisterIf`.
+pub trait Dispatch: Send + Sync + 'static {
+    /// The interface's UUID and version.
+    fn interface(&self) -> InterfaceId;
+    /// How many procedures it has (opnums `0..procedures()`); others fault with
+    /// `RPC_S_PROCNUM_OUT_OF_RANGE` (1745) before reaching [`dispatch`](Self::dispatch).
+    fn procedures(&self) -> u16;
+    /// Runs procedure `opnum` on the encoded `args`.
+    fn dispatch(&self, ctx: &CallContext, opnum: u16, args: &[u8]) -> Outcome;
+}
+
+/// Settings of a [`Server`].
+///
+/// Windows counterpart: the parameters of `RpcServerUseProtseqEp` and `RpcServerListen`
+/// (`MaxCalls`), and `RpcMgmtSetServerStackSize`-like tuning.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    max_calls: usize,
+    max_calls_per_connection: usize,
+    max_body: u32,
+    call_timeout: Option<Duration>,
+    namespace: Option<Namespace>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_calls: 16,
+            max_calls_per_connection: 256,
+            max_body: 16 << 20,
+            call_timeout: None,
+            namespace: None,
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Default settings: 16 calls at once, 256 in flight per connection, 16 MiB bodies.
+    pub fn new() -> ServerOptions {
+        ServerOptions::default()
+    }
+    /// How many calls run at once over all connections (`RpcServerListen`'s `MaxCalls`);
+    /// further calls wait their turn.
+    pub fn max_calls(mut self, n: usize) -> Self {
+        self.max_calls = n.max(1);
+        self
+    }
+    /// How many calls one connection may have in flight; one more faults with
+    /// `RPC_S_SERVER_TOO_BUSY` (1723).
+    pub fn max_calls_per_connection(mut self, n: usize) -> Self {
+        self.max_calls_per_connection = n.max(1);
+        self
+    }
+    /// Largest request body accepted (bigger ones fault with code 87; at most 64 MiB).
+    pub fn max_message_size(mut self, bytes: u32) -> Self {
+        self.max_body = bytes.clamp(64, proto::MAX_BODY_LIMIT);
+        self
+    }
+    /// A limit for every call: a call still waiting for a thread when it passes is answered
+    /// with `RPC_S_CALL_CANCELLED` (1818) without running; a running one sees it in
+    /// [`CallContext::deadline`] and [`CallContext::is_cancelled`].
+    pub fn call_timeout(mut self, t: Duration) -> Self {
+        self.call_timeout = Some(t);
+        self
+    }
+    /// The namespace of `ncalrpc` and `ncacn_np` endpoints (default: the user's, from the
+    /// environment).
+    pub fn namespace(mut self, ns: Namespace) -> Self {
+        self.namespace = Some(ns);
+        self
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct PoolState {
+    queue: VecDeque<Job>,
+    idle: usize,
+    threads: usize,
+    stop: bool,
+}
+
+/// The threads that run calls (at most `max` at once).
+struct Pool {
+    max: usize,
+    state: Mutex<PoolState>,
+    cv: Condvar,
+}
+
+impl Pool {
+    fn submit(self: &Arc<Pool>, job: Job) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.queue.push_back(job);
+        if st.idle == 0 && st.threads < self.max {
+            st.threads += 1;
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ipckit-rpc-call".into())
+                .spawn(move || me.work());
+            if spawned.is_err() {
+                st.threads -= 1;
+            }
+        } else {
+            self.cv.notify_one();
+        }
+    }
+
+    fn work(self: Arc<Pool>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(job) = st.queue.pop_front() {
+                drop(st);
+                job();
+                st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            if st.stop {
+                st.threads -= 1;
+                self.cv.notify_all();
+                return;
+            }
+            st.idle += 1;
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.idle -= 1;
+        }
+    }
+}
+
+struct Conn {
+    link: Box<dyn Link>,
+    proto: Mutex<ServerProto>,
+    caller: Arc<Caller>,
+    contexts: Arc<ContextTable>,
+    cancels: Mutex<HashMap<u32, Arc<AtomicBool>>>,
+}
+
+struct Shared {
+    opts: ServerOptions,
+    ns: Namespace,
+    interfaces: Vec<Arc<dyn Dispatch>>,
+    pool: Arc<Pool>,
+    stopping: AtomicBool,
+    next_conn: AtomicU64,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    conns_cv: Condvar,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    wakers: Mutex<Vec<OwnedFd>>,
+}
+
+/// An RPC server: interfaces registered, listening on endpoints.
+///
+/// Windows counterpart: the server side of `rpcrt4`: `RpcServerRegisterIf` ([`Server::new`]
+/// with the dispatchers), `RpcServerUseProtseqEp` + `RpcServerListen` ([`Server::listen`]),
+/// `RpcMgmtStopServerListening` + `RpcMgmtWaitServerListen` ([`Server::stop`]). Unlike
+/// Windows, listening starts per endpoint at once, and there is no process-wide server:
+/// several `Server`s may live in one process.
+///
+/// Calls run on a pool of at most [`ServerOptions::max_calls`] threads; many calls of one
+/// connection run concurrently (on `ncacn_np` they take turns, one at a time per client).
+/// When a client disconnects or dies, the rundowns of its open context handles run once its
+/// running calls have returned.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("interfaces", &self.shared.interfaces.len())
+            .finish()
+    }
+}
+
+impl Server {
+    /// A server offering `interfaces` (`RpcServerRegisterIf` for each).
+    pub fn new(opts: ServerOptions, interfaces: Vec<Arc<dyn Dispatch>>) -> Server {
+        let ns = opts.namespace.clone().unwrap_or_else(Namespace::from_env);
+        Server {
+            shared: Arc::new(Shared {
+                pool: Arc::new(Pool {
+                    max: opts.max_calls,
+                    state: Mutex::default(),
+                    cv: Condvar::new(),
+                }),
+                opts,
+                ns,
+                interfaces,
+                stopping: AtomicBool::new(false),
+                next_conn: AtomicU64::new(0),
+                conns: Mutex::default(),
+                conns_cv: Condvar::new(),
+                threads: Mutex::default(),
+                wakers: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Listens on a string binding (`RpcServerUseProtseqEp` and `RpcServerListen`) and
+    /// returns the binding clients use (for `ncacn_ip_tcp:host[0]`, with the port chosen).
+    ///
+    /// `ncalrpc:[name]`: a socket in the user's private `RUNTIME/rpc/` folder (other users
+    /// cannot reach it). `ncacn_np:[\pipe\name]`: an ipckit named pipe (the same access
+    /// rules as pipes). `ncacn_ip_tcp:host[port]`: TCP on `host` (empty: every address).
+    /// A binding without endpoint needs the endpoint mapper: [`ErrorKind::NoEndpoint`].
+    pub fn listen(&self, binding: &str) -> Result<Binding> {
+        let b = Binding::parse(binding)?;
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                "the server was stopped",
+            ));
+        }
+        if b.endpoint().is_none() {
+            return Err(Error::with_message(
+                ErrorKind::NoEndpoint,
+                format!(
+                    "{b}: dynamic endpoints need the broker's endpoint mapper, not available yet; give an endpoint"
+                ),
+            ));
+        }
+        match b.protseq() {
+            Protseq::Local | Protseq::Tcp => {
+                let listener = link::listen_socket(&b, &self.shared.ns)?;
+                let public = listener.binding.clone();
+                let (wake_r, wake_w) = socket::stream_pair()?;
+                self.shared
+                    .wakers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(wake_w);
+                let shared = self.shared.clone();
+                let h = std::thread::Builder::new()
+                    .name("ipckit-rpc-accept".into())
+                    .spawn(move || accept_loop(shared, listener, wake_r))
+                    .map_err(|e| Error::from_io("cannot start a thread", e))?;
+                self.shared
+                    .threads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(h);
+                tracing::debug!("rpc: listening on {public}");
+                Ok(public)
+            }
+            Protseq::NamedPipe => {
+                let name = link::pipe_name(&b)?;
+                let opts = crate::pipe::ServerOptions::new()
+                    .unlimited_instances()
+                    .namespace(self.shared.ns.clone());
+                let first = opts.create(&name)?;
+                let shared = self.shared.clone();
+                let h = std::thread::Builder::new()
+                    .name("ipckit-rpc-pipe".into())
+                    .spawn(move || pipe_loop(shared, opts, name, first))
+                    .map_err(|e| Error::from_io("cannot start a thread", e))?;
+                self.shared
+                    .threads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(h);
+                Ok(b)
+            }
+        }
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Stops gracefully: no new connections; calls that arrive from now on fault with
+    /// `RPC_S_SERVER_UNAVAILABLE` (1722); calls running finish and are answered; then every
+    /// connection is closed (running context-handle rundowns) and the endpoints removed.
+    /// Windows: `RpcMgmtStopServerListening` followed by `RpcMgmtWaitServerListen`.
+    pub fn stop(&self) {
+        let sh = &self.shared;
+        if sh.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for w in sh
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = socket::send_all(&w, &[b"x"]);
+        }
+        // Wait for calls in flight, then close connections.
+        let mut conns = sh.conns.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            for c in conns.values() {
+                let busy = c
+                    .proto
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .in_flight();
+                if busy == 0 {
+                    c.link.shutdown();
+                }
+            }
+            if conns.is_empty() {
+                break;
+            }
+            conns = sh
+                .conns_cv
+                .wait_timeout(conns, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(conns);
+        let threads: Vec<_> = sh
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        let mut st = sh.pool.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.stop = true;
+        sh.pool.cv.notify_all();
+        while st.threads > 0 {
+            st = sh.pool.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(shared: Arc<Shared>, listener: SockListener, wake: OwnedFd) {
+    while let Ok(Some(0)) = socket::wait_readable(&[listener.fd.as_fd(), wake.as_fd()], None) {
+        if shared.stopping.load(Ordering::Acquire) {
+            break;
+        }
+        match socket::accept_now(&listener.fd) {
+            Ok(Some(fd)) => {
+                let caller = link::socket_caller(listener.protseq, &fd);
+                spawn_conn(&shared, Box::new(SockLink::new(fd)), caller);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("rpc: accept on {} failed: {e}", listener.binding);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    drop(listener);
+}
+
+fn pipe_loop(
+    shared: Arc<Shared>,
+    opts: crate::pipe::ServerOptions,
+    name: String,
+    first: crate::pipe::NamedPipeServer,
+) {
+    let mut inst = Some(first);
+    while !shared.stopping.load(Ordering::Acquire) {
+        let mut server = match inst.take() {
+            Some(s) => s,
+            None => match opts.create(&name) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("rpc: cannot create an instance of {name}: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            },
+        };
+        match server.connect_timeout(Duration::from_millis(100)) {
+            Ok(()) => {
+                let c = server.client();
+                let caller = Caller {
+                    protseq: Protseq::NamedPipe,
+                    pid: c.map(|c| c.pid),
+                    uid: c.map(|c| c.uid),
+                    gid: c.map(|c| c.gid),
+                    address: None,
+                };
+                spawn_conn(&shared, Box::new(PipeLink::new(server)), caller);
+            }
+            Err(e) if e.kind() == ErrorKind::Timeout => inst = Some(server),
+            Err(e) => {
+                tracing::debug!("rpc: pipe connect on {name}: {e}");
+            }
+        }
+    }
+}
+
+fn spawn_conn(shared: &Arc<Shared>, link: Box<dyn Link>, caller: Caller) {
+    let ids = shared
+        .interfaces
+        .iter()
+        .map(|d| (d.interface(), d.procedures()))
+        .collect();
+    let conn = Arc::new(Conn {
+        link,
+        proto: Mutex::new(ServerProto::new(
+            ids,
+            shared.opts.max_body,
+            shared.opts.max_calls_per_connection,
+        )),
+        caller: Arc::new(caller),
+        contexts: Arc::default(),
+        cancels: Mutex::default(),
+    });
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    shared
+        .conns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, conn.clone());
+    let sh = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ipckit-rpc-conn".into())
+        .spawn(move || {
+            serve_conn(&sh, &conn);
+            conn.link.shutdown();
+            drop(conn);
+            sh.conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            sh.conns_cv.notify_all();
+        });
+    if spawned.is_err() {
+        shared
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+}
+
+fn serve_conn(shared: &Arc<Shared>, conn: &Arc<Conn>) {
+    let mut dec = Decoder::new(shared.opts.max_body);
+    let inline = !conn.link.full_duplex();
+    loop {
+        // Pipes take turns between reading and writing, so their connections look up now and
+        // then to notice a stop; sockets wake from `recv` when `stop` shuts them down.
+        let wait = inline.then_some(Duration::from_millis(50));
+        let mut timed_out = false;
+        match dec.fill(|buf| {
+            conn.link.recv(buf, wait).map(|n| {
+                timed_out = n.is_none();
+                n.unwrap_or(0)
+            })
+        }) {
+            Ok(0) if timed_out => {
+                if shared.stopping.load(Ordering::Acquire) {
+                    break;
+                }
+                continue;
+            }
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        loop {
+            let frame = match dec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!("rpc: closing a connection that broke the protocol: {e}");
+                    let _ = conn.link.send(&[&proto::fault_frame(
+                        0,
+                        status::PROTOCOL_ERROR,
+                        &e.to_string(),
+                    )]);
+                    return;
+                }
+            };
+            let ev = conn
+                .proto
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .on_frame(frame);
+            match ev {
+                Err(e) => {
+                    tracing::debug!("rpc: closing a connection that broke the protocol: {e}");
+                    let _ = conn.link.send(&[&proto::fault_frame(
+                        0,
+                        status::PROTOCOL_ERROR,
+                        &e.to_string(),
+                    )]);
+                    return;
+                }
+                Ok(ServerEvent::Send(bytes)) => {
+                    if conn.link.send(&[&bytes]).is_err() {
+                        return;
+                    }
+                }
+                Ok(ServerEvent::None) => {}
+                Ok(ServerEvent::Cancel { call_id, fault }) => {
+                    if let Some(flag) = conn
+                        .cancels
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&call_id)
+                    {
+                        flag.store(true, Ordering::Release);
+                    }
+                    if conn.link.send(&[&fault]).is_err() {
+                        return;
+                    }
+                }
+                Ok(ServerEvent::Call(call)) => {
+                    let received = Instant::now();
+                    let deadline = match (call.timeout, shared.opts.call_timeout) {
+                        (Some(a), Some(b)) => Some(received + a.min(b)),
+                        (a, b) => a.or(b).map(|t| received + t),
+                    };
+                    let cancelled = Arc::new(AtomicBool::new(false));
+                    if !call.oneway {
+                        conn.cancels
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(call.call_id, cancelled.clone());
+                    }
+                    let sh = shared.clone();
+                    let c = conn.clone();
+                    let job = move || run_call(&sh, &c, call, deadline, cancelled);
+                    if inline {
+                        job();
+                    } else {
+                        shared.pool.submit(Box::new(job));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn run_call(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    call: proto::Call,
+    deadline: Option<Instant>,
+    cancelled: Arc<AtomicBool>,
+) {
+    let id = call.call_id;
+    let outcome = if shared.stopping.load(Ordering::Acquire) {
+        Outcome::Fault(status::SERVER_UNAVAILABLE, "the server is stopping".into())
+    } else if deadline.is_some_and(|d| Instant::now() >= d) || cancelled.load(Ordering::Acquire) {
+        let out = conn
+            .proto
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire(id);
+        conn.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Some(bytes) = out {
+            let _ = conn.link.send(&[&bytes]);
+        }
+        return;
+    } else {
+        let idx = conn
+            .proto
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bound()
+            .unwrap_or(0);
+        let d = &shared.interfaces[idx];
+        let ctx = CallContext {
+            caller: conn.caller.clone(),
+            call_id: id,
+            opnum: call.opnum,
+            deadline,
+            cancelled,
+            contexts: conn.contexts.clone(),
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            d.dispatch(&ctx, call.opnum, call.args())
+        })) {
+            Ok(o) => o,
+            Err(_) => Outcome::Fault(status::CALL_FAILED, "the server method panicked".into()),
+        }
+    };
+    if call.oneway {
+        return;
+    }
+    conn.cancels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    // A large result goes out behind its header without being copied.
+    let r = match outcome {
+        Outcome::Ok(body) if body.len() > 64 * 1024 => {
+            let h = conn
+                .proto
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .complete_ok_header(id, body.len());
+            match h {
+                Some(Ok(head)) => conn.link.send(&[&head, &body]),
+                Some(Err(fault)) => conn.link.send(&[&fault]),
+                None => Ok(()),
+            }
+        }
+        o => {
+            let bytes = conn
+                .proto
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .complete(id, o);
+            match bytes {
+                Some(b) => conn.link.send(&[&b]),
+                None => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = r {
+        tracing::debug!("rpc: cannot send the answer to call {id}: {e}");
+    }
+}
+
+/// The outcome of a method that returned `r`, encoded (what generated dispatchers use).
+pub fn outcome<T: serde::Serialize, E: serde::Serialize>(r: std::result::Result<T, E>) -> Outcome {
+    let enc = match &r {
+        Ok(v) => super::encode(v),
+        Err(e) => super::encode(e),
+    };
+    match (r.is_ok(), enc) {
+        (true, Ok(b)) => Outcome::Ok(b),
+        (false, Ok(b)) => Outcome::AppError(b),
+        (_, Err(e)) => Outcome::Fault(
+            status::CALL_FAILED,
+            format!("cannot encode the result: {e}"),
+        ),
+    }
+}

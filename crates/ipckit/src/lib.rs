@@ -39,7 +39,8 @@
 //! | [`channel`]: shared-memory message channels (ipckit's own fast local path) | implemented |
 //! | [`pipe`]: anonymous and local named pipes, blocking and tokio, shared with chosen users | implemented; network form not yet |
 //! | [`mailslot`]: local mailslots, blocking and tokio | implemented; network forms need the broker |
-//! | Sockets, RPC, COM, DDE, Copy Data, Clipboard, the broker | not yet |
+//! | [`rpc`]: typed RPC over `ncalrpc`, `ncacn_np` and `ncacn_ip_tcp` | implemented; TLS and the endpoint mapper not yet |
+//! | Sockets, COM, DDE, Copy Data, Clipboard, the broker | not yet |
 //!
 //! Cargo feature `tokio`: async versions of the blocking calls (channels, pipes and mailslots so far).
 

@@ -1,56 +1,12 @@
 //! The `ipckit` binary, run as a user runs it: each command is a real process started through
 //! the test kit (so it dies with the test and works in the test's private namespace).
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use ipckit_testkit::{Peer, TestCase, test_case, wait_for};
+mod common;
 
-const T: Duration = Duration::from_secs(20);
-
-fn ipckit(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ipckit"));
-    c.args(args);
-    c
-}
-
-/// Runs `ipckit ARGS` to completion in the test's namespace.
-fn run(t: &TestCase, args: &[&str]) -> Output {
-    t.command(ipckit(args))
-        .start()
-        .wait_output_timeout(T)
-        .expect("ipckit finished")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn ok(t: &TestCase, args: &[&str]) -> String {
-    let o = run(t, args);
-    assert!(
-        o.status.success(),
-        "ipckit {args:?} failed: {}{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    stdout(&o)
-}
-
-/// Starts a long-running `ipckit ARGS` and waits until its stdout contains `ready`.
-fn start(t: &TestCase, args: &[&str], ready: &str) -> Peer {
-    let mut p = t.command(ipckit(args)).start();
-    assert!(
-        wait_for(T, || p.stdout().contains(ready)),
-        "ipckit {args:?} did not print {ready:?}: {}",
-        p.report()
-    );
-    p
-}
+use common::*;
+use ipckit_testkit::{TestCase, test_case, wait_for};
 
 #[test]
 fn help_lists_the_subcommands() {

@@ -1,44 +1,12 @@
 //! `ipckit mailslot serve / write / info` and the mailslot rows of `ipckit ls`, run as a user
 //! runs them: each command is a real process in the test's private namespace.
 
-use std::process::{Command, Output};
-use std::time::Duration;
-
 use ipckit::mailslot::MailslotOptions;
 use ipckit::namespace::Namespace;
-use ipckit_testkit::{TestCase, test_case, wait_for};
+mod common;
 
-const T: Duration = Duration::from_secs(20);
-
-fn ipckit(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ipckit"));
-    c.args(args);
-    c
-}
-
-fn run(t: &TestCase, args: &[&str]) -> Output {
-    t.command(ipckit(args))
-        .start()
-        .wait_output_timeout(T)
-        .expect("ipckit finished")
-}
-
-fn ok(t: &TestCase, args: &[&str]) -> String {
-    let o = run(t, args);
-    assert!(
-        o.status.success(),
-        "ipckit {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails(t: &TestCase, args: &[&str]) -> String {
-    let o = run(t, args);
-    assert!(!o.status.success(), "ipckit {args:?} succeeded");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::*;
+use ipckit_testkit::{test_case, wait_for};
 
 #[test]
 fn serve_prints_messages_as_they_arrive_and_write_enforces_the_maximum() {

@@ -22,6 +22,8 @@ enum Command {
     Ls(cmd::ls::Args),
     /// Exercise every mechanism between real processes and report what works, how fast.
     Tour(cmd::tour::Args),
+    /// The per-user session broker (registry, RPC endpoint mapper): run it, or see its state.
+    Broker(cmd::broker::Args),
     /// Measure ipckit's mechanisms against the raw OS baselines, in one run.
     Bench(cmd::bench::Args),
     /// Show where a Windows-style name lives on this system (path, shared-memory name).
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ls(a) => cmd::ls::run(a),
         Command::Tour(a) => cmd::tour::run(a),
+        Command::Broker(a) => cmd::broker::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Where(a) => cmd::where_::run(a),
         Command::Shm(c) => cmd::shm::run(c),

@@ -44,6 +44,9 @@
 //!
 //! Cargo feature `tokio`: async versions of the blocking calls (channels, pipes and mailslots so far).
 
+// The RPC interfaces the crate itself declares (the broker's) expand to `::ipckit::...` paths.
+extern crate self as ipckit;
+
 pub mod broker;
 pub mod channel;
 pub mod error;

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod broker;
 pub mod chan;
 pub mod ls;
 pub mod mailslot;

@@ -12,3 +12,10 @@
 //! channels, local pipes, local mailslots) never need the broker.
 
 pub mod registry;
+mod service;
+
+pub use service::{
+    BINDING, BrokerApi, BrokerApiClient, BrokerClient, BrokerFault, BrokerServer, ChangeInfo,
+    ClientInfo, ENDPOINT, EndpointMapper, EntryInfo, LOCK_FILE, START_TIMEOUT, StartError,
+    StatusInfo, broker_binary, running_pid,
+};

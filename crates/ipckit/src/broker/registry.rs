@@ -39,7 +39,9 @@ pub struct ConnId(pub u64);
 
 /// What an entry names. Windows keeps each of these in a different system service; the broker
 /// keeps them in one registry with one lifetime rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum EntryKind {
     /// An RPC server's endpoint (the endpoint mapper's database, `ept_map`).
     RpcEndpoint,

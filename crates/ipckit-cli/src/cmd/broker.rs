@@ -1,0 +1,140 @@
+//! `ipckit broker`: the per-user session broker (foreground, `--daemon`, `--status`).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipckit::broker::registry::Limits;
+use ipckit::broker::{BrokerClient, BrokerServer, START_TIMEOUT, StartError, running_pid};
+use ipckit::namespace::Namespace;
+
+use super::CmdResult;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Detach: start the broker in the background, wait until it answers, then exit.
+    #[arg(long, conflicts_with = "status")]
+    daemon: bool,
+    /// Report the running broker: pid, uptime, registrations and clients.
+    #[arg(long)]
+    status: bool,
+    /// With --status: one JSON object.
+    #[arg(long, requires = "status")]
+    json: bool,
+}
+
+pub fn run(args: Args) -> CmdResult {
+    let ns = Namespace::from_env();
+    if args.status {
+        return status(&ns, args.json);
+    }
+    if args.daemon {
+        return daemon(&ns);
+    }
+    foreground(&ns)
+}
+
+fn foreground(ns: &Namespace) -> CmdResult {
+    match BrokerServer::start(ns, Limits::default()) {
+        Ok(server) => {
+            tracing::info!(pid = std::process::id(), runtime = %ns.runtime_dir().display(), "broker listening on {}", ipckit::broker::BINDING);
+            println!(
+                "ipckit broker: running (pid {}) for {}",
+                std::process::id(),
+                ns.runtime_dir().display()
+            );
+            // Serves on the RPC server's threads until the process is stopped; a killed broker
+            // leaves nothing a new one cannot take over (the lock dies with it, the socket is
+            // replaced).
+            let _server = server;
+            super::hold_forever()
+        }
+        Err(StartError::Running(pid)) => {
+            println!("{}", already(pid));
+            Ok(())
+        }
+        Err(StartError::Failed(e)) => Err(e.into()),
+    }
+}
+
+fn already(pid: Option<u32>) -> String {
+    match pid {
+        Some(p) => format!("ipckit broker: already running (pid {p})"),
+        None => "ipckit broker: already running".to_owned(),
+    }
+}
+
+fn daemon(ns: &Namespace) -> CmdResult {
+    if let Some(pid) = running_pid(ns) {
+        println!("{}", already(Some(pid)));
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("broker")
+        .env("IPCKIT_RUNTIME_DIR", ns.runtime_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Its own process group: a terminal's Ctrl-C does not reach it.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn()?;
+    let until = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(c) = BrokerClient::connect(ns) {
+            let pid = c.status()?.pid;
+            println!("ipckit broker: running (pid {pid})");
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait()? {
+            // Lost a race with another starter, which is now the broker, or failed.
+            if let Some(pid) = running_pid(ns) {
+                println!("{}", already(Some(pid)));
+                return Ok(());
+            }
+            return Err(format!(
+                "the broker exited at start ({st}); run `ipckit broker` to see why"
+            )
+            .into());
+        }
+        if Instant::now() >= until {
+            return Err(format!("the broker did not answer within {START_TIMEOUT:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn status(ns: &Namespace, json: bool) -> CmdResult {
+    let c = BrokerClient::connect(ns)?;
+    let s = c.status()?;
+    if json {
+        let clients: Vec<_> = s
+            .clients
+            .iter()
+            .map(|c| serde_json::json!({"pid": c.pid, "entries": c.entries, "watches": c.watches}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "pid": s.pid,
+                "uptime_ms": s.uptime_ms,
+                "version": s.version,
+                "entries": s.entries,
+                "clients": clients,
+            })
+        );
+        return Ok(());
+    }
+    println!("pid       {}", s.pid);
+    println!("uptime    {:.1} s", s.uptime_ms as f64 / 1000.0);
+    println!("version   {}", s.version);
+    println!("entries   {}", s.entries);
+    // This `--status` call is one of the clients.
+    println!("clients   {}", s.clients.len());
+    for c in &s.clients {
+        println!(
+            "  pid {:>7}  {} entries, {} watches",
+            c.pid, c.entries, c.watches
+        );
+    }
+    Ok(())
+}

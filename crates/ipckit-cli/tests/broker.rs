@@ -1,0 +1,143 @@
+//! `ipckit broker` as a user runs it: `--daemon` starts one per user, `--status` reports it, a
+//! library call starts it when absent (autostart), and after the broker is SIGKILLed and comes
+//! back, servers register again and clients reconnect by themselves.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ipckit::broker::registry::EntryKind;
+use ipckit::broker::{BrokerClient, running_pid};
+use ipckit::namespace::Namespace;
+use ipckit_testkit::{RoleCtx, RoleResult, TestCase, test_case, wait_for};
+
+/// SIGKILLs the namespace's broker when dropped (it runs in its own process group, outside the
+/// test kit's reach).
+struct KillBroker(Namespace);
+
+impl Drop for KillBroker {
+    fn drop(&mut self) {
+        // Also the brokers a client started on its own while the test ran.
+        for _ in 0..50 {
+            match running_pid(&self.0) {
+                Some(pid) => kill(pid),
+                None => return,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}
+
+fn ns(t: &TestCase) -> Namespace {
+    Namespace::at(t.namespace())
+}
+
+fn daemon_pid(t: &TestCase) -> u32 {
+    let out = ok(t, &["broker", "--daemon"]);
+    out.split("pid ")
+        .nth(1)
+        .and_then(|s| s.trim_end_matches([')', '\n']).parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"))
+}
+
+#[test]
+fn daemon_is_one_per_user_and_status_reports_it() {
+    let t = test_case!();
+    let _guard = KillBroker(ns(&t));
+    let err = fails(&t, &["broker", "--status"]);
+    assert!(err.contains("ipckit broker --daemon"), "{err}");
+
+    let pid = daemon_pid(&t);
+    assert_eq!(running_pid(&ns(&t)), Some(pid));
+    // A second start reports the running one and succeeds.
+    assert_eq!(daemon_pid(&t), pid);
+    let fg = ok(&t, &["broker"]);
+    assert!(fg.contains(&format!("already running (pid {pid})")), "{fg}");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&t, &["broker", "--status", "--json"])).unwrap();
+    assert_eq!(status["pid"], pid);
+    assert_eq!(status["entries"], 0);
+    let text = ok(&t, &["broker", "--status"]);
+    assert!(text.contains(&format!("pid       {pid}")), "{text}");
+
+    // Killed, it is gone; started again, it is a new process.
+    kill(pid);
+    assert!(wait_for(T, || running_pid(&ns(&t)).is_none()));
+    fails(&t, &["broker", "--status"]);
+    let again = daemon_pid(&t);
+    assert_ne!(again, pid);
+}
+
+#[test]
+fn a_library_call_starts_the_broker_when_absent() {
+    let t = test_case!();
+    let _guard = KillBroker(ns(&t));
+    assert!(running_pid(&ns(&t)).is_none());
+    // The test binary lives in target/*/deps, the `ipckit` binary one folder up: autostart
+    // finds it there.
+    let c = BrokerClient::connect_or_start(&ns(&t)).expect("autostart");
+    let pid = c.status().unwrap().pid;
+    assert_ne!(pid, std::process::id());
+    assert_eq!(running_pid(&ns(&t)), Some(pid));
+    c.register(EntryKind::DdeService, "Excel", b"x", true)
+        .unwrap();
+    let listed = ok(&t, &["broker", "--status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(status["entries"], 1);
+}
+
+/// A server: registers `arg(0)` and keeps it registered across broker restarts.
+fn server(ctx: &mut RoleCtx) -> RoleResult {
+    let ns = Namespace::at(ctx.namespace());
+    let c = Arc::new(BrokerClient::connect(&ns)?);
+    c.register(
+        EntryKind::ComClass,
+        ctx.arg(0).ok_or("name")?,
+        b"server",
+        true,
+    )?;
+    c.keep_alive(Duration::from_millis(20));
+    ctx.send_str("registered")?;
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn after_the_broker_is_killed_servers_register_again_by_themselves() {
+    let t = test_case!();
+    t.role("server", server);
+    let _guard = KillBroker(ns(&t));
+    let first = daemon_pid(&t);
+    let mut s = t.spawn("server").arg("Calc.Application").start();
+    s.expect("registered", T).unwrap();
+    let lookup = || {
+        BrokerClient::connect(&ns(&t))
+            .ok()
+            .and_then(|c| c.lookup(EntryKind::ComClass, "calc.application").ok())
+            .flatten()
+    };
+    assert_eq!(lookup().map(|e| e.pid), Some(s.pid()));
+
+    kill(first);
+    // The server's keeper notices, starts a broker (or finds the one started meanwhile) and
+    // registers again.
+    assert!(
+        wait_for(T, || lookup().is_some_and(|e| e.pid == s.pid())),
+        "the server did not register again: {}",
+        s.report()
+    );
+    let second = running_pid(&ns(&t)).expect("a broker runs again");
+    assert_ne!(second, first);
+    // `--daemon` finds it rather than starting another.
+    assert_eq!(daemon_pid(&t), second);
+}

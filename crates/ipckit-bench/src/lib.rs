@@ -98,6 +98,7 @@ pub mod channel;
 pub mod cli;
 pub mod interprocess_sock;
 pub mod iox2;
+pub mod ipckit_broker;
 pub mod ipckit_chan;
 pub mod ipckit_mailslot;
 pub mod ipckit_pipe;

@@ -69,6 +69,8 @@ const PEER_ORPHANED: i32 = 3;
 /// re-executing [`std::env::current_exe`]. The peer never writes to stdout;
 /// failures are reported on stderr and with a non-zero exit status.
 pub fn run_peer_if_requested() {
+    // The broker child of the `ipckit-broker` benchmark.
+    crate::ipckit_broker::run_broker_if_requested();
     let Some(name) = std::env::var_os(PEER_ENV) else {
         return;
     };

@@ -42,7 +42,7 @@ use std::io;
 
 use crate::channel::{ErasedTransport, Measurement};
 use crate::params::Params;
-use crate::raw;
+use crate::{ipckit_broker, raw};
 
 /// Which family a benchmark belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +263,13 @@ pub static BENCHES: &[Bench] = &[
         baseline: Some("unix-dgram"),
         about: "mailslots, one per process (WriteFile to the other's, ReadFile from one's own); stream: one way",
         kind: Kind::TwoProcess(&crate::ipckit_mailslot::MailslotBench),
+    },
+    Bench {
+        name: "ipckit-broker",
+        group: Group::Ipckit,
+        baseline: None,
+        about: "session broker in a child process: register + unregister, lookup, list of 10,000 live entries",
+        kind: Kind::Local(ipckit_broker::run),
     },
 ];
 

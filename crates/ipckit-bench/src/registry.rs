@@ -267,7 +267,8 @@ pub static BENCHES: &[Bench] = &[
     Bench {
         name: "ipckit-broker",
         group: Group::Ipckit,
-        baseline: None,
+        // No case in common (so no ratio): its round trip is the floor of a broker call.
+        baseline: Some("unix-stream"),
         about: "session broker in a child process: register + unregister, lookup, list of 10,000 live entries",
         kind: Kind::Local(ipckit_broker::run),
     },

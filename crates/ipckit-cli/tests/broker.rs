@@ -93,6 +93,16 @@ fn a_library_call_starts_the_broker_when_absent() {
     let listed = ok(&t, &["broker", "--status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(status["entries"], 1);
+    // `ipckit ls` shows what the broker holds beside the folders' objects.
+    let ls: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
+    let rows = ls.as_array().unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r["kind"] == "dde-service")
+        .unwrap_or_else(|| panic!("no broker row in {ls}"));
+    assert_eq!(row["name"], "Excel");
+    assert_eq!(row["holders"][0], std::process::id());
+    assert!(ok(&t, &["ls"]).contains("dde-service"));
 }
 
 /// A server: registers `arg(0)` and keeps it registered across broker restarts.

@@ -202,9 +202,43 @@ fn shared_pipe_rows(ns: &Namespace, e: &Entry) -> ipckit::Result<Vec<Row>> {
         .collect())
 }
 
+/// What the broker holds (RPC endpoints, windows, DDE services, ...), when one runs: `ls` never
+/// starts it, and without it lists the namespace folders alone.
+fn broker_rows(ns: &Namespace) -> Vec<Row> {
+    if ipckit::broker::running_pid(ns).is_none() {
+        return Vec::new();
+    }
+    let entries = match ipckit::broker::BrokerClient::connect(ns).and_then(|c| c.list(None, "")) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("the broker did not answer: {e}");
+            return Vec::new();
+        }
+    };
+    entries
+        .into_iter()
+        .map(|e| {
+            let mut value = String::from_utf8_lossy(&e.value).into_owned();
+            if value.chars().count() > 40 {
+                value = value.chars().take(39).collect::<String>() + "…";
+            }
+            Row {
+                kind: e.kind.as_str().to_owned(),
+                scope: Scope::Local,
+                name: e.name,
+                os_name: "(broker)".to_owned(),
+                size: None,
+                holders: vec![e.pid],
+                details: serde_json::json!({ "broker": true, "value": value, "age_ms": e.age_ms }),
+            }
+        })
+        .collect()
+}
+
 fn details_text(kind: &str, d: &serde_json::Value) -> String {
     match (kind, d) {
         (_, serde_json::Value::Null) => "-".to_owned(),
+        (_, d) if d["broker"] == true => d["value"].as_str().unwrap_or("").to_owned(),
         ("pipe", d) => {
             let max = d["max_instances"]
                 .as_u64()
@@ -249,6 +283,7 @@ pub fn run(args: Args) -> CmdResult {
             rows.push(r);
         }
     }
+    rows.extend(broker_rows(&ns));
     if args.json {
         let list: Vec<_> = rows
             .iter()

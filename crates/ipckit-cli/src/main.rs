@@ -49,6 +49,9 @@ enum Command {
     /// Mailslots (CreateMailslot / ReadFile / GetMailslotInfo, CreateFile / WriteFile).
     #[command(subcommand)]
     Mailslot(cmd::mailslot::Cmd),
+    /// RPC: a demo server and a client that times it (RpcServerListen, RpcBindingFromStringBinding).
+    #[command(subcommand)]
+    Rpc(cmd::rpc::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Chan(c) => cmd::chan::run(c),
         Command::Pipe(c) => cmd::pipe::run(c),
         Command::Mailslot(c) => cmd::mailslot::run(c),
+        Command::Rpc(c) => cmd::rpc::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

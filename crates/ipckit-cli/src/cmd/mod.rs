@@ -6,6 +6,7 @@ pub mod chan;
 pub mod ls;
 pub mod mailslot;
 pub mod pipe;
+pub mod rpc;
 pub mod shm;
 pub mod sync;
 pub mod tour;

@@ -7,7 +7,9 @@
 //! * `register` — register a name and unregister it again (two calls, the pair timed);
 //! * `lookup` — look up one registered name;
 //! * `list-10000` — list the whole registry while it holds 10,000 live entries (what
-//!   `ipckit ls` asks the broker for).
+//!   `ipckit ls` asks the broker for);
+//! * `sigkill-cleanup` — from the SIGKILL of a client process holding an entry to a watcher's
+//!   receipt of its removal (the broker's promise: a dead process's entries vanish at once).
 //!
 //! There is no raw baseline: Windows does these in the kernel and in system services, and the
 //! closest Linux equivalents (a D-Bus name request, a file in a directory) are different
@@ -29,11 +31,34 @@ use crate::stats::Summary;
 
 /// Set in the broker child's environment: the namespace directory to serve.
 pub const BROKER_ENV: &str = "IPCKIT_BENCH_BROKER";
+/// Set in a client child's environment: `DIR` of the broker; it registers `victim`, prints a
+/// line, and waits to be killed.
+pub const CLIENT_ENV: &str = "IPCKIT_BENCH_BROKER_CLIENT";
 const ENTRIES: usize = 10_000;
 
 /// In the broker child: serves `dir` until the harness dies. Returns when this process is not a
 /// broker child.
 pub fn run_broker_if_requested() {
+    if let Some(dir) = std::env::var_os(CLIENT_ENV) {
+        let _ =
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+        let code = match BrokerClient::connect(&Namespace::at(dir)).and_then(|c| {
+            c.register(EntryKind::NamedObject, "victim", b"", true)
+                .map(|()| c)
+        }) {
+            Ok(_c) => {
+                println!("registered");
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(e) => {
+                eprintln!("ipckit-bench broker client: {e}");
+                2
+            }
+        };
+        std::process::exit(code);
+    }
     let Some(dir) = std::env::var_os(BROKER_ENV) else {
         return;
     };
@@ -81,6 +106,7 @@ pub fn run(params: &Params) -> io::Result<Vec<Measurement>> {
     let tiny = params.mode == "tiny";
     let dir = TempDir::new()?;
     let ns = Namespace::at(dir.path());
+    let dir_path = dir.path().to_owned();
     let child = Command::new(std::env::current_exe()?)
         .env(BROKER_ENV, dir.path())
         .stdin(Stdio::null())
@@ -143,5 +169,70 @@ pub fn run(params: &Params) -> io::Result<Vec<Measurement>> {
             }
         })?,
     );
+    push(
+        &mut out,
+        "sigkill-cleanup",
+        sigkill_cleanup(&client, &dir_path, if tiny { 3 } else { 20 })?,
+    );
     Ok(out)
+}
+
+/// Kills a client holding an entry `rounds` times; each sample runs from the kill to the
+/// watcher's receipt of the removal.
+fn sigkill_cleanup(
+    watcher: &BrokerClient,
+    dir: &std::path::Path,
+    rounds: usize,
+) -> io::Result<Summary> {
+    use ipckit::broker::ChangeInfo;
+    use std::io::BufRead;
+    watcher.watch(Some(EntryKind::NamedObject), "victim")?;
+    let mut v = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let mut child = Command::new(std::env::current_exe()?)
+            .env(CLIENT_ENV, dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufReader::new(
+            child
+                .stdout
+                .take()
+                .ok_or_else(|| io::Error::other("no stdout"))?,
+        )
+        .read_line(&mut line)?;
+        if line.trim() != "registered" {
+            let _ = child.kill();
+            return Err(io::Error::other("the client did not register"));
+        }
+        // Drain the Added notification.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !watcher
+            .changes(Duration::from_millis(100))?
+            .iter()
+            .any(|c| matches!(c, ChangeInfo::Added(_)))
+        {
+            if Instant::now() >= deadline {
+                return Err(io::Error::other("no Added notification"));
+            }
+        }
+        let t = Instant::now();
+        child.kill()?;
+        loop {
+            let changes = watcher.changes(Duration::from_secs(1))?;
+            if changes
+                .iter()
+                .any(|c| matches!(c, ChangeInfo::Removed { .. }))
+            {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err(io::Error::other("no Removed notification"));
+            }
+        }
+        v.push(t.elapsed().as_nanos() as u64);
+        let _ = child.wait();
+    }
+    Summary::of(&mut v).ok_or_else(|| io::Error::other("no samples"))
 }

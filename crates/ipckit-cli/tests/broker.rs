@@ -151,3 +151,40 @@ fn after_the_broker_is_killed_servers_register_again_by_themselves() {
     // `--daemon` finds it rather than starting another.
     assert_eq!(daemon_pid(&t), second);
 }
+
+#[test]
+fn clients_reconnect_by_themselves_after_the_broker_is_killed() {
+    let t = test_case!();
+    let _guard = KillBroker(ns(&t));
+    let c = BrokerClient::connect_or_start(&ns(&t)).expect("autostart");
+    c.register(EntryKind::Window, "Main", b"w", true).unwrap();
+    c.watch(Some(EntryKind::Window), "").unwrap();
+    let first = c.status().unwrap().pid;
+    kill(first);
+    assert!(wait_for(T, || running_pid(&ns(&t)) != Some(first)));
+    // The next call finds the broker gone, starts one, registers again and answers.
+    let e = c
+        .lookup(EntryKind::Window, "main")
+        .unwrap()
+        .expect("registered again");
+    assert_eq!(e.pid, std::process::id());
+    let second = c.status().unwrap().pid;
+    assert_ne!(second, first);
+    // Its watch was made again too: a change reaches it.
+    let other = BrokerClient::connect(&ns(&t)).unwrap();
+    other
+        .register(EntryKind::Window, "Other", b"", true)
+        .unwrap();
+    let mut seen = false;
+    for _ in 0..10 {
+        if c.changes(T)
+            .unwrap()
+            .iter()
+            .any(|ch| matches!(ch, ipckit::broker::ChangeInfo::Added(e) if e.name == "Other"))
+        {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the watch was not made again");
+}

@@ -557,9 +557,10 @@ fn autostart(ns: &Namespace, bin: &Path) -> Result<()> {
 }
 
 /// A connection to the broker, with a session. Registrations made through it are tied to it:
-/// they go when it is dropped or its process dies, and [`BrokerClient::reconnect`] (which the
-/// keeper thread of [`BrokerClient::keep_alive`] calls when the broker restarted) makes them
-/// again.
+/// they go when it is dropped or its process dies. When the broker is gone (killed, restarted),
+/// the next call reconnects by itself — finding or starting a broker — and makes every
+/// registration and watch of this client again before it proceeds; [`BrokerClient::keep_alive`]
+/// does so at once from a thread, for servers that make no calls.
 pub struct BrokerClient {
     ns: Namespace,
     inner: Mutex<Link>,
@@ -595,6 +596,14 @@ enum Registration {
         kind: Option<EntryKind>,
         prefix: String,
     },
+}
+
+/// Whether `e` says the broker's connection is gone (it died or restarted).
+fn broker_gone(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ServerUnavailable | ErrorKind::CallFailed
+    )
 }
 
 fn call<T>(r: std::result::Result<T, CallError<BrokerFault>>) -> Result<T> {
@@ -670,12 +679,29 @@ impl BrokerClient {
         (l.client.clone(), l.session)
     }
 
+    /// Runs `f` on the link; when the broker is gone (its connection failed), reconnects —
+    /// starting or finding a new broker and registering again — and runs `f` once more.
+    fn retry<T>(&self, f: impl Fn(&BrokerApiClient, ContextHandle) -> Result<T>) -> Result<T> {
+        let (c, s) = self.link();
+        match f(&c, s) {
+            Err(e) if broker_gone(&e) => {
+                self.reconnect()?;
+                let (c, s) = self.link();
+                f(&c, s)
+            }
+            r => r,
+        }
+    }
+
     fn remember(&self, r: Registration) {
         self.regs.lock().unwrap_or_else(|e| e.into_inner()).push(r);
     }
 
     fn apply(&self, r: &Registration) -> Result<()> {
-        let (c, s) = self.link();
+        self.retry(|c, s| self.apply_on(c, s, r))
+    }
+
+    fn apply_on(&self, c: &BrokerApiClient, s: ContextHandle, r: &Registration) -> Result<()> {
         match r {
             Registration::Entry {
                 kind,
@@ -715,8 +741,7 @@ impl BrokerClient {
 
     /// Removes this client's entry.
     pub fn unregister(&self, kind: EntryKind, name: &str) -> Result<()> {
-        let (c, s) = self.link();
-        call(c.unregister(s, kind, name.to_owned()))?;
+        self.retry(|c, s| call(c.unregister(s, kind, name.to_owned())))?;
         self.regs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -726,14 +751,12 @@ impl BrokerClient {
 
     /// One entry.
     pub fn lookup(&self, kind: EntryKind, name: &str) -> Result<Option<EntryInfo>> {
-        let (c, _) = self.link();
-        c.lookup(kind, name.to_owned())
+        self.retry(|c, _| c.lookup(kind, name.to_owned()))
     }
 
     /// Entries of `kind` (or all) whose name starts with `prefix`.
     pub fn list(&self, kind: Option<EntryKind>, prefix: &str) -> Result<Vec<EntryInfo>> {
-        let (c, _) = self.link();
-        c.list(kind, prefix.to_owned())
+        self.retry(|c, _| c.list(kind, prefix.to_owned()))
     }
 
     /// Asks for change notifications; [`changes`](Self::changes) returns them.
@@ -747,11 +770,18 @@ impl BrokerClient {
         Ok(())
     }
 
-    /// Pending changes, waiting up to `wait` for the first.
+    /// Pending changes, waiting up to `wait` for the first. After the broker restarted, the
+    /// changes meanwhile are unknown: the answer is then [`ChangeInfo::Overflow`] (list again).
     pub fn changes(&self, wait: Duration) -> Result<Vec<ChangeInfo>> {
         let (c, s) = self.link();
         let ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
-        call(c.changes(s, ms))
+        match call(c.changes(s, ms)) {
+            Err(e) if broker_gone(&e) => {
+                self.reconnect()?;
+                Ok(vec![ChangeInfo::Overflow])
+            }
+            r => r,
+        }
     }
 
     /// Registers an RPC endpoint with the endpoint mapper (`RpcEpRegister`).
@@ -767,8 +797,7 @@ impl BrokerClient {
 
     /// The broker's state.
     pub fn status(&self) -> Result<StatusInfo> {
-        let (c, _) = self.link();
-        c.status()
+        self.retry(|c, _| c.status())
     }
 
     /// Opens a new connection (starting the broker if needed) and makes every registration
@@ -800,6 +829,7 @@ impl BrokerClient {
             while !stop.load(Ordering::Relaxed) {
                 let Some(c) = me.upgrade() else { return };
                 let (client, _) = c.link();
+                // Not `c.status()`, which would reconnect by itself.
                 let alive = client.status().is_ok();
                 if alive {
                     drop(c);

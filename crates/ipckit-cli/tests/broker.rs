@@ -188,3 +188,21 @@ fn clients_reconnect_by_themselves_after_the_broker_is_killed() {
     }
     assert!(seen, "the watch was not made again");
 }
+
+#[test]
+fn install_user_unit_writes_a_systemd_unit() {
+    let t = test_case!();
+    let home = t.namespace().join("home");
+    let mut cmd = ipckit(&["broker", "--install-user-unit"]);
+    cmd.env("XDG_CONFIG_HOME", &home);
+    let out = t.command(cmd).start().wait_output_timeout(T).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(home.join("systemd/user/ipckit-broker.service")).unwrap();
+    assert!(unit.contains("broker\n"), "{unit}");
+    assert!(unit.contains("ExecStart=/"), "{unit}");
+    assert!(unit.contains("WantedBy=default.target"), "{unit}");
+}

@@ -20,6 +20,10 @@ pub struct Args {
     /// With --status: one JSON object.
     #[arg(long, requires = "status")]
     json: bool,
+    /// Write a systemd user unit that runs the broker (`~/.config/systemd/user/ipckit-broker.service`)
+    /// and print how to enable it.
+    #[arg(long, conflicts_with_all = ["daemon", "status"])]
+    install_user_unit: bool,
 }
 
 pub fn run(args: Args) -> CmdResult {
@@ -29,6 +33,9 @@ pub fn run(args: Args) -> CmdResult {
     }
     if args.daemon {
         return daemon(&ns);
+    }
+    if args.install_user_unit {
+        return install_user_unit();
     }
     foreground(&ns)
 }
@@ -136,5 +143,38 @@ fn status(ns: &Namespace, json: bool) -> CmdResult {
             c.pid, c.entries, c.watches
         );
     }
+    Ok(())
+}
+
+/// The unit: the broker in the foreground (logs to the journal), restarted if it fails.
+/// `XDG_RUNTIME_DIR` under `systemd --user` is the session's, so it serves the same runtime
+/// folder as the user's programs.
+fn install_user_unit() -> CmdResult {
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".config")))
+        .ok_or("neither XDG_CONFIG_HOME nor HOME is set")?;
+    let dir = config.join("systemd").join("user");
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    let unit = format!(
+        "[Unit]\n\
+         Description=ipckit session broker (registry, RPC endpoint mapper)\n\
+         \n\
+         [Service]\n\
+         ExecStart={} broker\n\
+         Environment=IPCKIT_LOG=info\n\
+         Restart=on-failure\n\
+         \n\
+         [Install]\n\
+         WantedBy=default.target\n",
+        exe.display()
+    );
+    let path = dir.join("ipckit-broker.service");
+    std::fs::write(&path, unit)?;
+    println!("wrote {}", path.display());
+    println!(
+        "enable it with: systemctl --user daemon-reload && systemctl --user enable --now ipckit-broker.service"
+    );
     Ok(())
 }

@@ -108,6 +108,8 @@ pub mod peer;
 pub mod raw;
 pub mod registry;
 mod report;
+pub mod rpc;
+pub mod rpc_ipckit;
 pub mod stats;
 
 use std::io::{self, IsTerminal, Write};

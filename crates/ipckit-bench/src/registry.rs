@@ -265,6 +265,47 @@ pub static BENCHES: &[Bench] = &[
         kind: Kind::TwoProcess(&crate::ipckit_mailslot::MailslotBench),
     },
     Bench {
+        name: "rpc-unix-stream",
+        group: Group::Raw,
+        baseline: None,
+        about: "RPC floor: 16-byte header + argument over a Unix stream socket, 8-byte answer (rpc module)",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc::RawUnix)),
+    },
+    Bench {
+        name: "rpc-tcp-loopback",
+        group: Group::Raw,
+        baseline: None,
+        about: "RPC floor over TCP on 127.0.0.1 (TCP_NODELAY)",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc::RawTcp)),
+    },
+    Bench {
+        name: "ipckit-rpc-ncalrpc",
+        group: Group::Ipckit,
+        baseline: Some("rpc-unix-stream"),
+        about: "ipckit RPC over ncalrpc: null call, 1 MiB argument (typed #[interface] client)",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc_ipckit::IpckitRpc(
+            crate::rpc_ipckit::Carrier::Local,
+        ))),
+    },
+    Bench {
+        name: "ipckit-rpc-np",
+        group: Group::Ipckit,
+        baseline: Some("rpc-unix-stream"),
+        about: "ipckit RPC over ncacn_np (ipckit named pipes)",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc_ipckit::IpckitRpc(
+            crate::rpc_ipckit::Carrier::NamedPipe,
+        ))),
+    },
+    Bench {
+        name: "ipckit-rpc-tcp",
+        group: Group::Ipckit,
+        baseline: Some("rpc-tcp-loopback"),
+        about: "ipckit RPC over ncacn_ip_tcp on 127.0.0.1",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc_ipckit::IpckitRpc(
+            crate::rpc_ipckit::Carrier::Tcp,
+        ))),
+    },
+    Bench {
         name: "ipckit-broker",
         group: Group::Ipckit,
         // No case in common (so no ratio): its round trip is the floor of a broker call.

@@ -1,0 +1,132 @@
+//! `ipckit-rpc-*`: ipckit RPC (`ipckit::rpc`) over its three carriers, through the typed client
+//! and server that `#[rpc::interface]` generates; see [`crate::rpc`] for the cases.
+//!
+//! | benchmark | binding | baseline |
+//! |---|---|---|
+//! | `ipckit-rpc-ncalrpc` | `ncalrpc:[bench]` in a private namespace | `rpc-unix-stream` |
+//! | `ipckit-rpc-np` | `ncacn_np:\\.[\pipe\bench]` in a private namespace | `rpc-unix-stream` |
+//! | `ipckit-rpc-tcp` | `ncacn_ip_tcp:127.0.0.1[PORT]` | `rpc-tcp-loopback` |
+//!
+//! The bulk argument is a `Vec<u8>` (the typed stub takes it by value, so each call clones the
+//! 1 MiB buffer, as it does for the other RPC crates).
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ipckit::namespace::Namespace;
+use ipckit::rpc::{self, ClientOptions, Server, ServerOptions};
+
+use crate::peer::invalid;
+use crate::rpc::{RpcCaller, RpcSystem, free_tcp_port, wait_quit};
+
+/// The benchmark interface.
+#[rpc::interface(uuid = "5e0b7a91-3c2d-4f18-b6e4-9a1d0c7f2b83", version = "1.0")]
+pub trait BenchIf {
+    /// Answers `x`.
+    fn null(&self, x: u64) -> u64;
+    /// Answers the argument's length.
+    fn bulk(&self, data: Vec<u8>) -> u64;
+    /// Lets the server process exit.
+    fn quit(&self);
+}
+
+struct Impl {
+    stop: Arc<AtomicBool>,
+}
+
+impl BenchIf for Impl {
+    fn null(&self, x: u64) -> u64 {
+        x
+    }
+    fn bulk(&self, data: Vec<u8>) -> u64 {
+        data.len() as u64
+    }
+    fn quit(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Which carrier.
+#[derive(Debug, Clone, Copy)]
+pub enum Carrier {
+    /// `ncalrpc`.
+    Local,
+    /// `ncacn_np`.
+    NamedPipe,
+    /// `ncacn_ip_tcp` on loopback.
+    Tcp,
+}
+
+/// An `ipckit-rpc-*` benchmark.
+#[derive(Debug, Clone, Copy)]
+pub struct IpckitRpc(pub Carrier);
+
+/// `DIR|BINDING`: the namespace directory (empty for TCP) and the string binding.
+fn split(addr: &str) -> io::Result<(Option<Namespace>, &str)> {
+    let (dir, binding) = addr
+        .split_once('|')
+        .ok_or_else(|| invalid(format!("bad address {addr}")))?;
+    Ok(((!dir.is_empty()).then(|| Namespace::at(dir)), binding))
+}
+
+fn io_err(e: ipckit::Error) -> io::Error {
+    e.into()
+}
+
+/// The client.
+#[derive(Debug)]
+pub struct Caller(BenchIfClient);
+
+impl RpcCaller for Caller {
+    fn null(&mut self, x: u64) -> io::Result<u64> {
+        self.0.null(x).map_err(io_err)
+    }
+    fn bulk(&mut self, data: &Arc<Vec<u8>>) -> io::Result<u64> {
+        self.0.bulk(data.to_vec()).map_err(io_err)
+    }
+    fn quit(&mut self) -> io::Result<()> {
+        self.0.quit().map_err(io_err)
+    }
+}
+
+impl RpcSystem for IpckitRpc {
+    type Caller = Caller;
+
+    fn address(&self, dir: &Path) -> io::Result<String> {
+        let dir = crate::raw::path_arg(dir)?;
+        Ok(match self.0 {
+            Carrier::Local => format!("{dir}|ncalrpc:[bench]"),
+            Carrier::NamedPipe => format!(r"{dir}|ncacn_np:\\.[\pipe\bench]"),
+            Carrier::Tcp => format!("|ncacn_ip_tcp:127.0.0.1[{}]", free_tcp_port()?),
+        })
+    }
+
+    fn serve(&self, addr: &str, alive: &dyn Fn() -> io::Result<()>) -> io::Result<()> {
+        let (ns, binding) = split(addr)?;
+        let mut opts = ServerOptions::new();
+        if let Some(ns) = ns {
+            opts = opts.namespace(ns);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = Server::new(opts, vec![BenchIfServer::new(Impl { stop: stop.clone() })]);
+        server.listen(binding).map_err(io_err)?;
+        let r = wait_quit(&stop, alive);
+        server.stop();
+        r
+    }
+
+    fn connect(&self, addr: &str) -> io::Result<Option<Caller>> {
+        let (ns, binding) = split(addr)?;
+        let mut opts = ClientOptions::new();
+        if let Some(ns) = ns {
+            opts = opts.namespace(ns);
+        }
+        match BenchIfClient::connect_with(&opts, binding) {
+            Ok(c) => Ok(Some(Caller(c))),
+            Err(e) if e.kind() == ipckit::ErrorKind::ServerUnavailable => Ok(None),
+            Err(e) => Err(io_err(e)),
+        }
+    }
+}

@@ -13,7 +13,7 @@ use common::{ctx_ns, ns_of};
 use ipckit::ErrorKind;
 use ipckit::broker::registry::{EntryKind, Limits};
 use ipckit::broker::{BrokerClient, BrokerServer, ChangeInfo, EndpointMapper, StartError};
-use ipckit::rpc::{self, Binding, InterfaceId, Uuid};
+use ipckit::rpc::{self, Binding, ClientOptions, InterfaceId, Server, ServerOptions, Uuid};
 use ipckit_testkit::{RoleCtx, RoleResult, TestCase, test_case, wait_for};
 
 const T: Duration = Duration::from_secs(20);
@@ -47,6 +47,38 @@ fn epm_server(ctx: &mut RoleCtx) -> RoleResult {
     let c = BrokerClient::connect(&ns)?;
     c.register_endpoint(iface(1, 2), &Binding::parse(ctx.arg(0).ok_or("binding")?)?)?;
     ctx.send_str("registered")?;
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A small interface for the dynamic-endpoint test.
+#[rpc::interface(uuid = "a1b2c3d4-0000-4000-8000-0000000000e1", version = "1.0")]
+pub trait Echo {
+    /// The argument back, and the server's pid.
+    fn echo(&self, s: String) -> (String, u32);
+}
+
+struct EchoImpl;
+
+impl Echo for EchoImpl {
+    fn echo(&self, s: String) -> (String, u32) {
+        (s, std::process::id())
+    }
+}
+
+/// Serves `Echo` on a dynamic endpoint of protocol sequence `arg(0)`, registers it with the
+/// endpoint mapper, says "ready", then serves until killed.
+fn dynamic_server(ctx: &mut RoleCtx) -> RoleResult {
+    let ns = ctx_ns(ctx);
+    let server = Server::new(
+        ServerOptions::new().namespace(ns.clone()),
+        vec![EchoServer::new(EchoImpl)],
+    );
+    let binding = server.listen(ctx.arg(0).ok_or("protseq")?)?;
+    let broker = BrokerClient::connect(&ns)?;
+    broker.register_endpoint(EchoClient::INTERFACE, &binding)?;
+    ctx.send_str("ready")?;
     loop {
         std::thread::park();
     }
@@ -278,4 +310,32 @@ fn bad_requests_are_refused_and_garbage_harms_no_other_client() {
     );
     c.register(EntryKind::Window, "second", b"2", true).unwrap();
     assert_eq!(c.list(Some(EntryKind::Window), "").unwrap().len(), 2);
+}
+
+#[test]
+fn clients_reach_servers_on_dynamic_endpoints_through_the_endpoint_mapper() {
+    let t = test_case!();
+    t.role("dynamic-server", dynamic_server);
+    let ns = ns_of(&t);
+    let opts = ClientOptions::new().namespace(ns.clone());
+    // Without a broker there is no endpoint mapper: no endpoint.
+    let err = EchoClient::connect_with(&opts, "ncalrpc:").unwrap_err();
+    assert_eq!(err.win32_code(), 1753, "{err}");
+    let _broker = start(&t);
+    for protseq in ["ncalrpc:", "ncacn_ip_tcp:127.0.0.1", "ncacn_np:"] {
+        let mut s = t.spawn("dynamic-server").arg(protseq).start();
+        s.expect("ready", T).unwrap();
+        let c = EchoClient::connect_with(&opts, protseq).unwrap();
+        assert_eq!(c.echo("hi".into()).unwrap(), ("hi".to_owned(), s.pid()));
+        drop(c);
+        s.kill().unwrap();
+        // Its endpoint goes with it.
+        assert!(
+            wait_for(T, || matches!(
+                EchoClient::connect_with(&opts, protseq),
+                Err(e) if e.win32_code() == 1753
+            )),
+            "{protseq}: the dead server's endpoint is still resolved"
+        );
+    }
 }

@@ -866,7 +866,12 @@ impl EndpointMapper {
 }
 
 impl rpc::Resolver for EndpointMapper {
+    /// No broker running means no endpoint known: `Ok(None)`, which the caller reports as
+    /// `EPT_S_NOT_REGISTERED` (1753).
     fn resolve(&self, binding: &Binding, interface: &InterfaceId) -> Result<Option<Binding>> {
+        if running_pid(&self.ns).is_none() {
+            return Ok(None);
+        }
         let c = BrokerClient::connect(&self.ns)?;
         let (client, _) = c.link();
         let found = client.epm_resolve(

@@ -362,7 +362,8 @@ impl fmt::Display for Binding {
 ///
 /// Windows counterpart: the endpoint mapper (`ept_map` on port 135), which
 /// `RpcBindingFromStringBinding` handles consult on the first call when the binding has no
-/// endpoint. ipckit's broker will provide one; [`resolve`] runs a chain of resolvers.
+/// endpoint. ipckit's session broker provides one ([`crate::broker::EndpointMapper`]);
+/// [`resolve`] runs a chain of resolvers.
 pub trait Resolver: Send + Sync {
     /// The binding with an endpoint, `Ok(None)` when this resolver does not know it.
     fn resolve(&self, binding: &Binding, interface: &super::InterfaceId)
@@ -370,7 +371,8 @@ pub trait Resolver: Send + Sync {
 }
 
 /// Resolves `binding` for `interface`: a binding with an endpoint is returned as it is; a
-/// dynamic one goes through `resolvers` in order. With none that knows it, the error is
+/// dynamic one goes through `resolvers` in order (the RPC client passes the session broker's
+/// [`EndpointMapper`](crate::broker::EndpointMapper)). With none that knows it, the error is
 /// [`ErrorKind::NoEndpoint`] (`EPT_S_NOT_REGISTERED`, 1753).
 pub fn resolve(
     binding: &Binding,
@@ -394,9 +396,9 @@ pub fn resolve(
     Err(Error::with_message(
         ErrorKind::NoEndpoint,
         format!(
-            "{binding} has no endpoint: dynamic endpoints need the broker's endpoint mapper, \
-             which is not available yet; give the endpoint in brackets, e.g. {}[NAME]",
-            binding
+            "{binding} has no endpoint and the endpoint mapper knows none for {interface}: \
+             is the server running and registered with the session broker (`ipckit broker \
+             --status`)? Or give the endpoint in brackets, e.g. {binding}[NAME]"
         ),
     ))
 }

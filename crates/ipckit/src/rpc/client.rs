@@ -70,13 +70,23 @@ impl ClientOptions {
     /// Connects to `binding` and binds to `interface`
     /// (`RpcBindingFromStringBinding` and the first call's bind).
     ///
-    /// Errors: [`ErrorKind::ServerUnavailable`] (1722) when nobody listens there,
-    /// [`ErrorKind::UnknownInterface`] (1717) when the server does not offer the interface in
-    /// a compatible version, [`ErrorKind::NoEndpoint`] (1753) for a binding without endpoint.
+    /// A binding without endpoint (`ncalrpc:`, `ncacn_ip_tcp:host`) is resolved through the
+    /// session broker's endpoint mapper ([`crate::broker::EndpointMapper`]), as Windows resolves
+    /// it through `ept_map` on the first call; the broker is not started for it.
+    ///
+    /// Errors: [`ErrorKind::ServerUnavailable`] (1722) when nobody listens there (or, for a
+    /// binding without endpoint, no broker runs), [`ErrorKind::UnknownInterface`] (1717) when
+    /// the server does not offer the interface in a compatible version,
+    /// [`ErrorKind::NoEndpoint`] (1753) when the endpoint mapper knows no endpoint for it.
     pub fn connect(&self, binding: &str, interface: InterfaceId) -> Result<Client> {
         let b = Binding::parse(binding)?;
-        let b = binding::resolve(&b, &interface, &[])?;
         let ns = self.namespace.clone().unwrap_or_else(Namespace::from_env);
+        let b = if b.endpoint().is_some() {
+            b
+        } else {
+            let mapper = crate::broker::EndpointMapper::new(&ns);
+            binding::resolve(&b, &interface, &[&mapper])?
+        };
         let link = link::connect(&b, &ns, self.connect_timeout)?;
         let mut proto = ClientProto::new(interface, self.max_body);
         let bind = proto.bind();

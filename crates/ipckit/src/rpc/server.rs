@@ -16,6 +16,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::namespace::Namespace;
 use crate::sys::socket;
 
+/// Numbers the dynamic endpoints of this process.
+static DYNAMIC: AtomicU64 = AtomicU64::new(0);
+
 /// A server-side interface: what the `#[interface]` attribute generates for a trait, or a
 /// hand-written dispatcher.
 ///
@@ -224,21 +227,30 @@ impl Server {
     /// `ncalrpc:[name]`: a socket in the user's private `RUNTIME/rpc/` folder (other users
     /// cannot reach it). `ncacn_np:[\pipe\name]`: an ipckit named pipe (the same access
     /// rules as pipes). `ncacn_ip_tcp:host[port]`: TCP on `host` (empty: every address).
-    /// A binding without endpoint needs the endpoint mapper: [`ErrorKind::NoEndpoint`].
+    ///
+    /// A binding without endpoint (`ncalrpc:`, `ncacn_ip_tcp:host`, `ncacn_np:`) gets a
+    /// dynamic one (`RpcServerUseProtseq`): a fresh name, or a port the kernel chooses; the
+    /// returned binding names it. Register it with the endpoint mapper
+    /// ([`crate::broker::BrokerClient::register_endpoint`], Windows: `RpcEpRegister`) so that
+    /// clients with a binding without endpoint find it.
     pub fn listen(&self, binding: &str) -> Result<Binding> {
         let b = Binding::parse(binding)?;
+        let b = if b.endpoint().is_some() {
+            b
+        } else {
+            let n = DYNAMIC.fetch_add(1, Ordering::Relaxed);
+            let pid = std::process::id();
+            let ep = match b.protseq() {
+                Protseq::Tcp => "0".to_owned(),
+                Protseq::Local => format!("dyn-{pid}-{n}"),
+                Protseq::NamedPipe => format!(r"\pipe\ipckit-dyn-{pid}-{n}"),
+            };
+            b.with_endpoint(&ep)?
+        };
         if self.shared.stopping.load(Ordering::Acquire) {
             return Err(Error::with_message(
                 ErrorKind::InvalidParameter,
                 "the server was stopped",
-            ));
-        }
-        if b.endpoint().is_none() {
-            return Err(Error::with_message(
-                ErrorKind::NoEndpoint,
-                format!(
-                    "{b}: dynamic endpoints need the broker's endpoint mapper, not available yet; give an endpoint"
-                ),
             ));
         }
         match b.protseq() {

@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{ctx_ns, ns_of};
+use common::{become_nobody, ctx_ns, ns_of};
 use ipckit::ErrorKind;
 use ipckit::broker::registry::{EntryKind, Limits};
 use ipckit::broker::{BrokerClient, BrokerServer, ChangeInfo, EndpointMapper, StartError};
@@ -338,4 +338,33 @@ fn clients_reach_servers_on_dynamic_endpoints_through_the_endpoint_mapper() {
             "{protseq}: the dead server's endpoint is still resolved"
         );
     }
+}
+
+/// The broker's socket is private to its user: a process of another user (uid 65534, no
+/// capabilities) cannot connect. Needs root to switch users (CI runs as root).
+#[test]
+fn other_users_cannot_reach_the_broker() {
+    let t = test_case!();
+    t.role("intruder", |ctx| {
+        let sock = ctx_ns(ctx).runtime_dir().join("rpc").join("ipckit-broker");
+        become_nobody(ctx)?;
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+            other => return Err(format!("connected or other error: {other:?}").into()),
+        }
+        let err = BrokerClient::connect(&ctx_ns(ctx)).map(|_| ()).unwrap_err();
+        ctx.send_str(&format!("refused {}", err.win32_code()))?;
+        Ok(())
+    });
+    assert_eq!(
+        rustix::process::geteuid().as_raw(),
+        0,
+        "this test switches users and needs root"
+    );
+    let _broker = start(&t);
+    let mut p = t.spawn("intruder").start();
+    p.expect("refused 1722", T).unwrap();
+    assert!(p.wait_timeout(T).unwrap().success());
+    // The broker's own user still gets in.
+    BrokerClient::connect(&ns_of(&t)).unwrap();
 }

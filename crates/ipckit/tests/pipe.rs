@@ -22,10 +22,10 @@ use ipckit::pipe::{
     ClientOptions, NamedPipeServer, OpenMode, PipeReader, PipeWait, PipeWriter, ReadMode,
     ServerOptions, anonymous_pipe,
 };
-use ipckit_testkit::{RoleCtx, RoleResult, test_case, unique_name, wait_for};
+use ipckit_testkit::{RoleCtx, test_case, unique_name, wait_for};
 
 mod common;
-use common::{ctx_ns, ensure, fnv, ns_of, pattern, settle_asleep};
+use common::{become_nobody, ctx_ns, ensure, fnv, ns_of, pattern, settle_asleep};
 
 /// Upper bound for anything that must happen eventually.
 const T: Duration = Duration::from_secs(30);
@@ -758,24 +758,6 @@ fn hostile_clients_end_only_their_own_connection() {
 /// The test's namespace with its machine-wide folder at the first argument.
 fn shared_ns(ctx: &RoleCtx) -> Namespace {
     ctx_ns(ctx).with_global_dir(ctx.arg(1).unwrap())
-}
-
-/// Makes this thread an unprivileged process of user and group 65534 ("nobody"): no
-/// capabilities, no supplementary groups. Fails unless the thread really lost root's access.
-fn become_nobody(ctx: &RoleCtx) -> RoleResult {
-    use rustix::process::{Gid, Uid};
-    rustix::thread::set_thread_groups(&[])?;
-    let nobody_gid = Gid::from_raw(65534);
-    rustix::thread::set_thread_res_gid(nobody_gid, nobody_gid, nobody_gid)?;
-    let nobody = Uid::from_raw(65534);
-    // All three uids leave 0: the kernel clears the thread's capabilities.
-    rustix::thread::set_thread_res_uid(nobody, nobody, nobody)?;
-    ensure(rustix::process::geteuid().as_raw() == 65534, "euid")?;
-    // The test's private folder (0700, root's) is out of reach now.
-    match std::fs::read_dir(ctx.namespace()) {
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
-        other => Err(format!("still reaches root's private folder: {other:?}").into()),
-    }
 }
 
 #[test]

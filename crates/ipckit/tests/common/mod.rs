@@ -103,3 +103,21 @@ pub fn fnv(data: &[u8]) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
 }
+
+/// Makes this thread an unprivileged process of user and group 65534 ("nobody"): no
+/// capabilities, no supplementary groups. Fails unless the thread really lost root's access.
+pub fn become_nobody(ctx: &RoleCtx) -> RoleResult {
+    use rustix::process::{Gid, Uid};
+    rustix::thread::set_thread_groups(&[])?;
+    let nobody_gid = Gid::from_raw(65534);
+    rustix::thread::set_thread_res_gid(nobody_gid, nobody_gid, nobody_gid)?;
+    let nobody = Uid::from_raw(65534);
+    // All three uids leave 0: the kernel clears the thread's capabilities.
+    rustix::thread::set_thread_res_uid(nobody, nobody, nobody)?;
+    ensure(rustix::process::geteuid().as_raw() == 65534, "euid")?;
+    // The test's private folder (0700, root's) is out of reach now.
+    match std::fs::read_dir(ctx.namespace()) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(()),
+        other => Err(format!("still reaches root's private folder: {other:?}").into()),
+    }
+}

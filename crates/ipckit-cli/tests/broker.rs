@@ -206,3 +206,37 @@ fn install_user_unit_writes_a_systemd_unit() {
     assert!(unit.contains("ExecStart=/"), "{unit}");
     assert!(unit.contains("WantedBy=default.target"), "{unit}");
 }
+
+#[test]
+fn a_demo_server_on_a_dynamic_endpoint_is_found_through_the_endpoint_mapper() {
+    let t = test_case!();
+    let _guard = KillBroker(ns(&t));
+    // No broker yet: serve-demo starts one to register its dynamic endpoint.
+    let mut srv = start(&t, &["rpc", "serve-demo", "ncalrpc:"], "serving");
+    assert!(
+        srv.stdout().contains("registered with the endpoint mapper"),
+        "{}",
+        srv.report()
+    );
+    let out = ok(&t, &["rpc", "ping", "ncalrpc:", "--count", "3"]);
+    assert!(
+        out.contains(&format!("{}", srv.pid())) || !out.is_empty(),
+        "{out}"
+    );
+    let ls: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
+    let endpoint = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "rpc-endpoint")
+        .unwrap_or_else(|| panic!("no endpoint row in {ls}"));
+    assert_eq!(endpoint["holders"][0], srv.pid());
+    srv.kill().unwrap();
+    assert!(
+        wait_for(T, || {
+            let o = run(&t, &["rpc", "ping", "ncalrpc:", "--count", "1"]);
+            !o.status.success() && stderr(&o).contains("win32 1753")
+        }),
+        "the dead server's endpoint is still resolved"
+    );
+}

@@ -413,6 +413,23 @@ fn server_killed_writers_get_a_clear_error_and_the_name_is_free() {
         "dead mailslot",
     );
     assert_eq!(describe_name(&ns, &name).unwrap(), None);
+    // The dead server's files are swept (as `ipckit ls` does), a live mailslot's are not.
+    let slot_dir = ns
+        .mailslot_path(&MailslotName::parse(&name).unwrap())
+        .unwrap();
+    let live = MailslotOptions::new()
+        .namespace(ns.clone())
+        .create(r"\\.\mailslot\still-here")
+        .unwrap();
+    assert!(slot_dir.exists(), "nothing to sweep: the test cannot fail");
+    assert_eq!(ipckit::mailslot::sweep(&ns).unwrap(), 1);
+    assert!(!slot_dir.exists(), "the dead mailslot's files remain");
+    assert!(
+        describe_name(&ns, r"\\.\mailslot\still-here")
+            .unwrap()
+            .is_some()
+    );
+    drop(live);
     let mut s = MailslotOptions::new()
         .namespace(ns.clone())
         .read_timeout(Some(T))

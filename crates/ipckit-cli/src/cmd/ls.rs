@@ -272,6 +272,7 @@ pub fn run(args: Args) -> CmdResult {
     let ns = Namespace::user()?;
     // Free the files of objects whose last holder died; they are gone already.
     sweep(&ns)?;
+    ipckit::mailslot::sweep(&ns)?;
     let mut rows = Vec::new();
     for e in ns.entries()? {
         if e.folder == Folder::Pipe && e.scope == Scope::Global {

@@ -136,9 +136,28 @@ fn serve(bindings: &[String], max_calls: usize) -> CmdResult {
         vec![DemoServer::new(DemoImpl)],
     );
     let mut out = std::io::stdout().lock();
+    // Dynamic endpoints are registered with the session broker's endpoint mapper (started if
+    // need be), as `RpcEpRegister` does; the registrations go when this process does.
+    let mut broker = None;
     for b in bindings {
         let public = server.listen(b)?;
-        writeln!(out, "listening on {public}")?;
+        if ipckit::rpc::Binding::parse(b)?.endpoint().is_none() {
+            let ns = ipckit::namespace::Namespace::from_env();
+            if broker.is_none() {
+                let c = std::sync::Arc::new(ipckit::broker::BrokerClient::connect_or_start(&ns)?);
+                c.keep_alive(Duration::from_secs(1));
+                broker = Some(c);
+            }
+            if let Some(c) = &broker {
+                c.register_endpoint(DemoClient::INTERFACE, &public)?;
+            }
+            writeln!(
+                out,
+                "listening on {public} (registered with the endpoint mapper)"
+            )?;
+        } else {
+            writeln!(out, "listening on {public}")?;
+        }
     }
     writeln!(
         out,

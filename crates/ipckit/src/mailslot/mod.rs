@@ -107,7 +107,7 @@ pub use crate::pipe::PeerIdentity;
 #[cfg(feature = "tokio")]
 pub use asynch::{AsyncMailslotServer, AsyncMailslotWriter};
 pub use server::{MailslotOptions, MailslotServer};
-pub use slot::{MailslotStatus, describe, describe_name};
+pub use slot::{MailslotStatus, describe, describe_name, sweep};
 pub use writer::{MailslotWriter, WriterOptions};
 
 /// The largest message a local mailslot carries: 64 KiB. One datagram of this size fits the

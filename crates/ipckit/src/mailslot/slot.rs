@@ -214,6 +214,43 @@ pub fn describe(ns: &Namespace, component: &str) -> Result<Option<MailslotStatus
     }))
 }
 
+/// Removes the files of mailslots whose server died (SIGKILL leaves them; they stand for nothing,
+/// since a dead server's lock is gone). Returns how many it removed. `ipckit ls` calls it; a new
+/// server of the name would remove them too.
+pub fn sweep(ns: &Namespace) -> Result<usize> {
+    let folder = match ns.folder(Folder::Mailslot, Scope::Local) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let _guard = folder_lock(&folder)?;
+    let mut removed = 0;
+    for component in fd::list(&folder, folder.path())? {
+        if component.starts_with('.') {
+            continue; // the folder's lock file
+        }
+        let Ok(dir) = fd::open_subdir(&folder, folder.path(), &component) else {
+            continue;
+        };
+        let path = folder.path().join(&component);
+        // Under the folder lock a live mailslot has its status file, locked by its server.
+        let alive = match fd::open_file(&dir, &path, STATUS) {
+            Ok(f) => !file::try_lock_exclusive(&f)?,
+            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        if alive {
+            continue;
+        }
+        for n in fd::list(&dir, &path)? {
+            fd::remove_file(&dir, &path, &n)?;
+        }
+        fd::remove_dir(&folder, folder.path(), &component)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// [`describe`] by name (`\\.\mailslot\NAME`). Windows: `GetMailslotInfo` from a process that
 /// does not hold the server handle (which Windows does not offer).
 pub fn describe_name(ns: &Namespace, name: &str) -> Result<Option<MailslotStatus>> {

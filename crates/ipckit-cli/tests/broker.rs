@@ -218,11 +218,8 @@ fn a_demo_server_on_a_dynamic_endpoint_is_found_through_the_endpoint_mapper() {
         "{}",
         srv.report()
     );
-    let out = ok(&t, &["rpc", "ping", "ncalrpc:", "--count", "3"]);
-    assert!(
-        out.contains(&format!("{}", srv.pid())) || !out.is_empty(),
-        "{out}"
-    );
+    // Resolved through the broker, then called (ok() asserts success).
+    ok(&t, &["rpc", "ping", "ncalrpc:", "--count", "3"]);
     let ls: serde_json::Value = serde_json::from_str(&ok(&t, &["ls", "--json"])).unwrap();
     let endpoint = ls
         .as_array()

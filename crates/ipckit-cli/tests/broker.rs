@@ -228,6 +228,14 @@ fn a_demo_server_on_a_dynamic_endpoint_is_found_through_the_endpoint_mapper() {
         .find(|r| r["kind"] == "rpc-endpoint")
         .unwrap_or_else(|| panic!("no endpoint row in {ls}"));
     assert_eq!(endpoint["holders"][0], srv.pid());
+    let eps: serde_json::Value = serde_json::from_str(&ok(&t, &["rpc", "ls", "--json"])).unwrap();
+    let ep = &eps.as_array().unwrap()[0];
+    assert_eq!(ep["pid"], srv.pid());
+    assert!(
+        ep["binding"].as_str().unwrap().starts_with("ncalrpc:[dyn-"),
+        "{eps}"
+    );
+    assert!(ok(&t, &["rpc", "ls"]).contains("ncalrpc:[dyn-"));
     srv.kill().unwrap();
     assert!(
         wait_for(T, || {

@@ -107,6 +107,13 @@ pub enum Cmd {
         #[arg(allow_negative_numbers = true)]
         b: i64,
     },
+    /// List the endpoints registered with the session broker's endpoint mapper (Windows: the
+    /// endpoint map of `rpcdump`); needs a running broker, never starts one.
+    Ls {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cmd: Cmd) -> CmdResult {
@@ -122,6 +129,7 @@ pub fn run(cmd: Cmd) -> CmdResult {
             timeout,
             json,
         } => ping(&binding, count, size, timeout, json),
+        Cmd::Ls { json } => ls(json),
         Cmd::Add { binding, a, b } => {
             let c = DemoClient::connect_with(&ClientOptions::new(), &binding)?;
             println!("{}", c.add(a, b)?);
@@ -249,4 +257,51 @@ fn fmt_duration(d: Duration) -> String {
     } else {
         format!("{:.1} ms", ns as f64 / 1e6)
     }
+}
+
+fn ls(json: bool) -> CmdResult {
+    use ipckit::broker::registry::EntryKind;
+    let ns = ipckit::namespace::Namespace::from_env();
+    if ipckit::broker::running_pid(&ns).is_none() {
+        return Err("no broker is running, so no endpoint is registered (start one with `ipckit broker --daemon`)".into());
+    }
+    let c = ipckit::broker::BrokerClient::connect(&ns)?;
+    let entries = c.list(Some(EntryKind::RpcEndpoint), "")?;
+    // Entry names are `UUID/MAJOR.MINOR/PROTSEQ/ENDPOINT`; the value is the binding.
+    let rows: Vec<(String, String, String, u32)> = entries
+        .iter()
+        .map(|e| {
+            let mut parts = e.name.splitn(3, '/');
+            let uuid = parts.next().unwrap_or_default().to_owned();
+            let version = parts.next().unwrap_or_default().to_owned();
+            (
+                uuid,
+                version,
+                String::from_utf8_lossy(&e.value).into_owned(),
+                e.pid,
+            )
+        })
+        .collect();
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(uuid, version, binding, pid)| {
+                serde_json::json!({"interface": uuid, "version": version, "binding": binding, "pid": pid})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no endpoints registered");
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<7}  {:>7}  BINDING",
+        "INTERFACE", "VERSION", "PID"
+    );
+    for (uuid, version, binding, pid) in rows {
+        println!("{uuid:<36}  {version:<7}  {pid:>7}  {binding}");
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -158,6 +158,9 @@ struct Conn {
     caller: Arc<Caller>,
     contexts: Arc<ContextTable>,
     cancels: Mutex<HashMap<u32, Arc<AtomicBool>>>,
+    /// Answers completed in the protocol state but not yet written: a graceful stop waits for
+    /// them too (the state's in-flight count drops before the answer is sent).
+    answering: AtomicUsize,
 }
 
 struct Shared {
@@ -332,7 +335,7 @@ impl Server {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .in_flight();
-                if busy == 0 {
+                if busy == 0 && c.answering.load(Ordering::Acquire) == 0 {
                     c.link.shutdown();
                 }
             }
@@ -445,6 +448,7 @@ fn spawn_conn(shared: &Arc<Shared>, link: Box<dyn Link>, caller: Caller) {
         caller: Arc::new(caller),
         contexts: Arc::default(),
         cancels: Mutex::default(),
+        answering: AtomicUsize::new(0),
     });
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     shared
@@ -622,6 +626,7 @@ fn run_call(
     if call.oneway {
         return;
     }
+    conn.answering.fetch_add(1, Ordering::AcqRel);
     conn.cancels
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -652,6 +657,7 @@ fn run_call(
             }
         }
     };
+    conn.answering.fetch_sub(1, Ordering::AcqRel);
     if let Err(e) = r {
         tracing::debug!("rpc: cannot send the answer to call {id}: {e}");
     }

@@ -110,6 +110,8 @@ pub mod registry;
 mod report;
 pub mod rpc;
 pub mod rpc_ipckit;
+pub mod rpc_tarpc;
+pub mod rpc_tonic;
 pub mod stats;
 
 use std::io::{self, IsTerminal, Write};

@@ -306,6 +306,42 @@ pub static BENCHES: &[Bench] = &[
         ))),
     },
     Bench {
+        name: "tarpc-unix",
+        group: Group::PeerCrate,
+        baseline: Some("rpc-unix-stream"),
+        about: "tarpc (serde transport, bincode) over a Unix socket, beside ipckit-rpc-ncalrpc",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc_tarpc::Tarpc(
+            crate::rpc_tarpc::Carrier::Unix,
+        ))),
+    },
+    Bench {
+        name: "tarpc-tcp",
+        group: Group::PeerCrate,
+        baseline: Some("rpc-tcp-loopback"),
+        about: "tarpc (serde transport, bincode) over TCP loopback, beside ipckit-rpc-tcp",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc_tarpc::Tarpc(
+            crate::rpc_tarpc::Carrier::Tcp,
+        ))),
+    },
+    Bench {
+        name: "tonic-unix",
+        group: Group::PeerCrate,
+        baseline: Some("rpc-unix-stream"),
+        about: "tonic gRPC (HTTP/2, prost messages, no protoc) over a Unix socket",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc_tonic::Tonic(
+            crate::rpc_tonic::Carrier::Unix,
+        ))),
+    },
+    Bench {
+        name: "tonic-tcp",
+        group: Group::PeerCrate,
+        baseline: Some("rpc-tcp-loopback"),
+        about: "tonic gRPC (HTTP/2, prost messages, no protoc) over TCP loopback",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc_tonic::Tonic(
+            crate::rpc_tonic::Carrier::Tcp,
+        ))),
+    },
+    Bench {
         name: "ipckit-broker",
         group: Group::Ipckit,
         // No case in common (so no ratio): its round trip is the floor of a broker call.

@@ -10,7 +10,7 @@ fn every_rpc_system_answers_every_case() {
     let out = Command::new(env!("CARGO_BIN_EXE_ipckit-bench"))
         .env("IPCKIT_BENCH_TINY", "1")
         .env_remove("IPCKIT_BENCH_PEER")
-        .args(["--quick", "--json", "ipckit-rpc"])
+        .args(["--quick", "--json", "ipckit-rpc", "tarpc", "tonic"])
         .output()
         .expect("run ipckit-bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -30,8 +30,9 @@ fn every_rpc_system_answers_every_case() {
         assert!(v["value"].as_f64().unwrap() > 0.0, "{line}");
         let expected_base = match mech.as_str() {
             "rpc-unix-stream" | "rpc-tcp-loopback" => None,
-            "ipckit-rpc-ncalrpc" | "ipckit-rpc-np" => Some("rpc-unix-stream"),
-            "ipckit-rpc-tcp" => Some("rpc-tcp-loopback"),
+            "ipckit-rpc-ncalrpc" => Some("rpc-unix-stream"),
+            "ipckit-rpc-np" | "tarpc-unix" | "tonic-unix" => Some("rpc-unix-stream"),
+            "ipckit-rpc-tcp" | "tarpc-tcp" | "tonic-tcp" => Some("rpc-tcp-loopback"),
             other => panic!("unexpected mechanism {other}"),
         };
         assert_eq!(v["baseline"].as_str(), expected_base, "{line}");
@@ -47,6 +48,10 @@ fn every_rpc_system_answers_every_case() {
             "ipckit-rpc-tcp",
             "rpc-tcp-loopback",
             "rpc-unix-stream",
+            "tarpc-tcp",
+            "tarpc-unix",
+            "tonic-tcp",
+            "tonic-unix",
         ])
     );
     assert_eq!(seen.len(), mechs.len() * 3, "{seen:?}");

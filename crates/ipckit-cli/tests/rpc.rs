@@ -116,3 +116,24 @@ fn help_lists_rpc() {
         assert!(out.contains(cmd), "{cmd} missing from:\n{out}");
     }
 }
+
+#[test]
+fn tour_measures_an_rpc_call_between_two_processes() {
+    let t = test_case!();
+    let out = t
+        .command(ipckit(&["tour"]))
+        .env("IPCKIT_BENCH_TINY", "1")
+        .start()
+        .wait_output_timeout(std::time::Duration::from_secs(120))
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let line = text
+        .lines()
+        .find(|l| l.contains("RPC "))
+        .unwrap_or_else(|| panic!("no RPC line:\n{text}"));
+    assert!(line.contains(" ok "), "{line}");
+    assert!(line.contains("ncalrpc typed null call "), "{line}");
+    assert!(!line.contains('?'), "a measurement is missing: {line}");
+    assert!(line.contains("x a raw socket exchange"), "{line}");
+}

@@ -90,6 +90,24 @@ fn file_mapping(records: &[Record]) -> String {
     )
 }
 
+fn rpc(records: &[Record]) -> String {
+    let ratio = records
+        .iter()
+        .find(|r| {
+            r.mechanism == "ipckit-rpc-ncalrpc"
+                && r.case.starts_with("null-call/same")
+                && r.metric == "median"
+        })
+        .and_then(|r| r.ratio)
+        .map(|x| format!(" ({x:.1}x a raw socket exchange)"))
+        .unwrap_or_default();
+    format!(
+        "ncalrpc typed null call {} (same core){ratio}, {} (cross core)",
+        us(records, "ipckit-rpc-ncalrpc", "null-call/same").unwrap_or_else(|| "?".into()),
+        us(records, "ipckit-rpc-ncalrpc", "null-call/cross").unwrap_or_else(|| "?".into()),
+    )
+}
+
 /// The nine mechanisms of the Windows IPC model, in the order the seed lists them.
 const MECHANISMS: [Mechanism; 9] = [
     Mechanism {
@@ -143,8 +161,8 @@ const MECHANISMS: [Mechanism; 9] = [
     Mechanism {
         name: "RPC",
         windows: "RpcBindingFromStringBinding, NdrClientCall",
-        benches: &[],
-        summary: none,
+        benches: &["ipckit-rpc-ncalrpc"],
+        summary: rpc,
     },
 ];
 

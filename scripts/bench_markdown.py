@@ -38,7 +38,8 @@ def main():
         thr = m.get("throughput") or m.get("rate")
         main_metric = med or thr
         ratio = ""
-        if main_metric and main_metric.get("baseline"):
+        # A baseline without a matching case (ratio null) shows no ratio.
+        if main_metric and main_metric.get("baseline") and main_metric.get("ratio") is not None:
             ratio = f"{main_metric['ratio']:.2f}× {main_metric['baseline']}"
         print(
             "| {} | {} | {} | {} | {} | {} |".format(

@@ -74,6 +74,26 @@ fn is_ctx(ty: &Type) -> bool {
     false
 }
 
+/// Whether `ty` is `Vec<u8>` (any path ending in `Vec<u8>`): such values travel as one byte
+/// string (`ipckit::macro_support`), the same bytes on the wire, without serde's per-element
+/// loop.
+fn is_bytes(ty: &Type) -> bool {
+    let Type::Path(p) = ty else { return false };
+    let Some(seg) = p.path.segments.last() else {
+        return false;
+    };
+    if seg.ident != "Vec" {
+        return false;
+    }
+    let syn::PathArguments::AngleBracketed(a) = &seg.arguments else {
+        return false;
+    };
+    matches!(
+        a.args.first(),
+        Some(syn::GenericArgument::Type(Type::Path(t))) if a.args.len() == 1 && t.path.is_ident("u8")
+    )
+}
+
 /// `Result<T, E>` → `Some((T, E))`.
 fn result_parts(ty: &Type) -> Option<(Type, Type)> {
     let Type::Path(p) = ty else { return None };
@@ -185,17 +205,46 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
         opnum = opnum
             .checked_add(1)
             .ok_or_else(|| syn::Error::new_spanned(sig, "too many methods"))?;
-        let call_args = quote! { &(#(#names,)*) };
+        // Arguments as a tuple; `Vec<u8>` ones as byte strings (same encoding, one copy).
+        let wrapped: Vec<TokenStream2> = names
+            .iter()
+            .zip(&types)
+            .map(|(n, t)| {
+                if is_bytes(t) {
+                    quote! { ::ipckit::macro_support::BytesRef(&#n) }
+                } else {
+                    quote! { #n }
+                }
+            })
+            .collect();
+        let call_args = quote! { &(#(#wrapped,)*) };
+        let wire_types: Vec<TokenStream2> = types
+            .iter()
+            .map(|t| {
+                if is_bytes(t) {
+                    quote! { ::ipckit::macro_support::ByteBuf }
+                } else {
+                    quote! { #t }
+                }
+            })
+            .collect();
+        let unwrap_args: Vec<TokenStream2> = names
+            .iter()
+            .zip(&types)
+            .filter(|(_, t)| is_bytes(t))
+            .map(|(n, _)| quote! { let #n = #n.0; })
+            .collect();
         let ctx_arg = if takes_ctx {
             quote! { ctx, }
         } else {
             quote! {}
         };
         let decode_args = quote! {
-            let (#(#names,)*): (#(#types,)*) = match ::ipckit::rpc::decode(args) {
+            let (#(#names,)*): (#(#wire_types,)*) = match ::ipckit::rpc::decode(args) {
                 Ok(v) => v,
                 Err(e) => return ::ipckit::rpc::Outcome::Fault(1783, e.to_string()),
             };
+            #(#unwrap_args)*
         };
         if oneway {
             if ret.is_some() {
@@ -224,38 +273,56 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
         }
         match ret.as_ref().and_then(result_parts) {
             Some((t, e)) => {
+                let (wire_t, from_wire, to_wire) = if is_bytes(&t) {
+                    (
+                        quote! { ::ipckit::macro_support::ByteBuf },
+                        quote! { .map(|b| b.0) },
+                        quote! { .map(::ipckit::macro_support::ByteBuf) },
+                    )
+                } else {
+                    (quote! { #t }, quote! {}, quote! {})
+                };
                 client_methods.push(quote! {
                     #(#docs)*
                     pub fn #mname(&self, #(#names: #types),*) -> ::std::result::Result<#t, ::ipckit::rpc::CallError<#e>> {
-                        self.client.call::<_, #t, #e>(#op, #call_args)
+                        self.client.call::<_, #wire_t, #e>(#op, #call_args)#from_wire
                     }
                 });
                 async_methods.push(quote! {
                     #(#docs)*
                     pub async fn #mname(&self, #(#names: #types),*) -> ::std::result::Result<#t, ::ipckit::rpc::CallError<#e>> {
-                        self.client.call::<_, #t, #e>(#op, #call_args).await
+                        self.client.call::<_, #wire_t, #e>(#op, #call_args).await #from_wire
                     }
                 });
                 arms.push(quote! {
-                    #op => { #decode_args ::ipckit::rpc::outcome(self.0.#mname(#ctx_arg #(#names),*)) }
+                    #op => { #decode_args ::ipckit::rpc::outcome(self.0.#mname(#ctx_arg #(#names),*)#to_wire) }
                 });
             }
             None => {
                 let t = ret.clone().unwrap_or_else(|| syn::parse_quote!(()));
+                let (wire_t, from_wire, to_wire) = if is_bytes(&t) {
+                    (
+                        quote! { ::ipckit::macro_support::ByteBuf },
+                        quote! { .map(|b| b.0) },
+                        quote! { ::ipckit::macro_support::ByteBuf },
+                    )
+                } else {
+                    (quote! { #t }, quote! {}, quote! {})
+                };
                 client_methods.push(quote! {
                     #(#docs)*
                     pub fn #mname(&self, #(#names: #types),*) -> ::ipckit::Result<#t> {
-                        self.client.call::<_, #t, ()>(#op, #call_args).map_err(::ipckit::rpc::CallError::into_error)
+                        self.client.call::<_, #wire_t, ()>(#op, #call_args)#from_wire.map_err(::ipckit::rpc::CallError::into_error)
                     }
                 });
                 async_methods.push(quote! {
                     #(#docs)*
                     pub async fn #mname(&self, #(#names: #types),*) -> ::ipckit::Result<#t> {
-                        self.client.call::<_, #t, ()>(#op, #call_args).await.map_err(::ipckit::rpc::CallError::into_error)
+                        self.client.call::<_, #wire_t, ()>(#op, #call_args).await #from_wire.map_err(::ipckit::rpc::CallError::into_error)
                     }
                 });
                 arms.push(quote! {
-                    #op => { #decode_args ::ipckit::rpc::outcome::<_, ()>(Ok(self.0.#mname(#ctx_arg #(#names),*))) }
+                    #op => { #decode_args ::ipckit::rpc::outcome::<_, ()>(Ok(#to_wire(self.0.#mname(#ctx_arg #(#names),*)))) }
                 });
             }
         }

@@ -51,6 +51,8 @@ pub mod broker;
 pub mod channel;
 pub mod error;
 pub mod mailslot;
+#[doc(hidden)]
+pub mod macro_support;
 pub mod mapping;
 pub mod name;
 pub mod namespace;

@@ -26,6 +26,8 @@ pub struct ClientOptions {
     connect_timeout: Duration,
     max_body: u32,
     namespace: Option<Namespace>,
+    #[cfg(feature = "tls")]
+    tls: Option<super::TlsClientConfig>,
 }
 
 impl Default for ClientOptions {
@@ -35,6 +37,8 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             max_body: 16 << 20,
             namespace: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -50,7 +54,7 @@ impl ClientOptions {
         self.timeout = Some(t);
         self
     }
-    /// How long connecting may take (TCP; pipe instances busy).
+    /// How long connecting may take (TCP and its TLS handshake; pipe instances busy).
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
         self
@@ -64,6 +68,18 @@ impl ClientOptions {
     /// The namespace of `ncalrpc` and `ncacn_np` endpoints (default: the user's).
     pub fn namespace(mut self, ns: Namespace) -> Self {
         self.namespace = Some(ns);
+        self
+    }
+    /// Speaks TLS (1.2 or 1.3, rustls) on `ncacn_ip_tcp` connections, verifying the server as
+    /// `tls` says (feature `tls`); other carriers ignore it. The handshake counts against the
+    /// [`connect_timeout`](Self::connect_timeout); a failed one (a server without TLS, a
+    /// certificate not trusted) fails [`connect`](Self::connect) with
+    /// [`ErrorKind::ServerUnavailable`] (1722).
+    ///
+    /// Windows counterpart: `RpcBindingSetAuthInfo` with an Schannel credential.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: super::TlsClientConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -87,7 +103,11 @@ impl ClientOptions {
             let mapper = crate::broker::EndpointMapper::new(&ns);
             binding::resolve(&b, &interface, &[&mapper])?
         };
-        let link = link::connect(&b, &ns, self.connect_timeout)?;
+        #[cfg(feature = "tls")]
+        let tls = self.tls.as_ref();
+        #[cfg(not(feature = "tls"))]
+        let tls = None;
+        let link = link::connect(&b, &ns, self.connect_timeout, tls)?;
         let mut proto = ClientProto::new(interface, self.max_body);
         let bind = proto.bind();
         link.send(&[&bind]).map_err(|e| lost(&b, e, false))?;

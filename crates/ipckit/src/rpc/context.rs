@@ -30,6 +30,29 @@ pub struct Caller {
     pub gid: Option<u32>,
     /// The client's address, over TCP.
     pub address: Option<SocketAddr>,
+    /// The DER of the client's TLS certificate (its leaf), over `ncacn_ip_tcp` with TLS
+    /// (feature `tls`) when the client presented one; the server's `TlsServerConfig` decides
+    /// which it accepts. `None` on every
+    /// other carrier. Windows: what `RpcBindingInqAuthClient` gives for Schannel (the
+    /// client's certificate context).
+    pub peer_certificate: Option<Vec<u8>>,
+}
+
+impl Caller {
+    /// The SHA-256 fingerprint of [`peer_certificate`](Self::peer_certificate), in lower-case
+    /// hex (64 digits): a short, stable name for the client's certificate.
+    pub fn peer_certificate_sha256(&self) -> Option<String> {
+        use sha2::Digest;
+        use std::fmt::Write;
+        self.peer_certificate.as_ref().map(|der| {
+            sha2::Sha256::digest(der)
+                .iter()
+                .fold(String::with_capacity(64), |mut s, b| {
+                    let _ = write!(s, "{b:02x}");
+                    s
+                })
+        })
+    }
 }
 
 /// A context handle: server-side state that a client holds by reference.
@@ -236,6 +259,7 @@ mod tests {
             uid: None,
             gid: None,
             address: None,
+            peer_certificate: None,
         });
         let a = ctx.open_context(5u32, |v| {
             RUN.fetch_add(v as usize, Ordering::SeqCst);

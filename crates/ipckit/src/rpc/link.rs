@@ -175,8 +175,24 @@ fn unavailable(b: &Binding, e: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Connects a client to `b` (which has an endpoint).
-pub(crate) fn connect(b: &Binding, ns: &Namespace, timeout: Duration) -> Result<Box<dyn Link>> {
+/// The client's TLS settings (feature `tls`; without it, a type with no value).
+#[cfg(feature = "tls")]
+pub(crate) use super::tls::TlsClientConfig as ClientTls;
+/// The client's TLS settings (feature `tls`; without it, a type with no value).
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+pub(crate) enum ClientTls {}
+
+/// Connects a client to `b` (which has an endpoint); over TCP with `tls`, the TLS handshake
+/// too, all within `timeout`.
+pub(crate) fn connect(
+    b: &Binding,
+    ns: &Namespace,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> Result<Box<dyn Link>> {
+    #[cfg(feature = "tls")]
+    let deadline = Instant::now() + timeout;
     let ep = b.endpoint().unwrap_or_default();
     match b.protseq() {
         Protseq::Local => {
@@ -189,7 +205,22 @@ pub(crate) fn connect(b: &Binding, ns: &Namespace, timeout: Duration) -> Result<
             let port: u16 = ep.parse().map_err(|_| unavailable(b, "bad port"))?;
             let addrs = tcp::resolve(b.address(), port)?;
             let fd = tcp::connect(&addrs, timeout).map_err(|e| unavailable(b, e))?;
-            Ok(Box::new(SockLink::new(fd)))
+            match tls {
+                None => Ok(Box::new(SockLink::new(fd))),
+                #[cfg(feature = "tls")]
+                Some(t) => {
+                    let link = super::tls::connect(t, fd, b.address(), deadline).map_err(|e| {
+                        if e.kind() == ErrorKind::InvalidParameter {
+                            e
+                        } else {
+                            unavailable(b, format!("TLS handshake failed: {e}"))
+                        }
+                    })?;
+                    Ok(Box::new(link))
+                }
+                #[cfg(not(feature = "tls"))]
+                Some(t) => match *t {},
+            }
         }
         Protseq::NamedPipe => {
             let name = pipe_name(b)?;
@@ -314,6 +345,7 @@ pub(crate) fn socket_caller(protseq: Protseq, fd: &OwnedFd) -> Caller {
                 uid: None,
                 gid: None,
                 address: tcp::peer_addr(fd).ok(),
+                peer_certificate: None,
             }
         }
         _ => {
@@ -324,6 +356,7 @@ pub(crate) fn socket_caller(protseq: Protseq, fd: &OwnedFd) -> Caller {
                 uid: c.map(|c| c.uid),
                 gid: c.map(|c| c.gid),
                 address: None,
+                peer_certificate: None,
             }
         }
     }

@@ -18,6 +18,8 @@ mod context;
 mod link;
 pub mod proto;
 mod server;
+#[cfg(feature = "tls")]
+mod tls;
 mod uuid;
 
 pub use binding::{Binding, Protseq, Resolver};
@@ -26,6 +28,11 @@ pub use context::{CallContext, Caller, ContextHandle};
 pub use proto::{Outcome, Reply};
 pub use server::{Dispatch, Server, ServerOptions, outcome};
 pub use uuid::Uuid;
+
+#[cfg(feature = "tls")]
+pub use server::TLS_HANDSHAKE_TIMEOUT;
+#[cfg(feature = "tls")]
+pub use tls::{TlsClientConfig, TlsServerConfig};
 
 #[cfg(feature = "tokio")]
 pub use asynch::AsyncClient;

@@ -45,6 +45,8 @@ pub struct ServerOptions {
     max_body: u32,
     call_timeout: Option<Duration>,
     namespace: Option<Namespace>,
+    #[cfg(feature = "tls")]
+    tls: Option<super::TlsServerConfig>,
 }
 
 impl Default for ServerOptions {
@@ -55,6 +57,8 @@ impl Default for ServerOptions {
             max_body: 16 << 20,
             call_timeout: None,
             namespace: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -94,7 +98,24 @@ impl ServerOptions {
         self.namespace = Some(ns);
         self
     }
+    /// Speaks TLS (1.2 or 1.3, rustls) on every `ncacn_ip_tcp` endpoint of this server, with
+    /// the certificate and the client-certificate rule of `tls` (feature `tls`); other
+    /// carriers are unchanged. Each handshake runs on its connection's own thread and must
+    /// finish within [`TLS_HANDSHAKE_TIMEOUT`] (a client that stalls or sends garbage is
+    /// dropped alone); the client's certificate reaches methods in
+    /// [`Caller::peer_certificate`].
+    ///
+    /// Windows counterpart: `RpcServerRegisterAuthInfo` with an Schannel credential.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: super::TlsServerConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
 }
+
+/// How long a client has to finish the TLS handshake with a server (feature `tls`).
+#[cfg(feature = "tls")]
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -381,6 +402,13 @@ fn accept_loop(shared: Arc<Shared>, listener: SockListener, wake: OwnedFd) {
         match socket::accept_now(&listener.fd) {
             Ok(Some(fd)) => {
                 let caller = link::socket_caller(listener.protseq, &fd);
+                #[cfg(feature = "tls")]
+                if listener.protseq == Protseq::Tcp
+                    && let Some(tls) = &shared.opts.tls
+                {
+                    spawn_tls_conn(&shared, tls.clone(), fd, caller);
+                    continue;
+                }
                 spawn_conn(&shared, Box::new(SockLink::new(fd)), caller);
             }
             Ok(None) => {}
@@ -391,6 +419,36 @@ fn accept_loop(shared: Arc<Shared>, listener: SockListener, wake: OwnedFd) {
         }
     }
     drop(listener);
+}
+
+/// Runs the TLS handshake of an accepted socket on a thread of its own, then serves it.
+#[cfg(feature = "tls")]
+fn spawn_tls_conn(
+    shared: &Arc<Shared>,
+    tls: super::TlsServerConfig,
+    fd: OwnedFd,
+    mut caller: Caller,
+) {
+    let sh = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("ipckit-rpc-tls".into())
+        .spawn(move || {
+            let deadline = Instant::now() + TLS_HANDSHAKE_TIMEOUT;
+            match super::tls::accept(&tls, fd, deadline) {
+                Ok((link, cert)) => {
+                    caller.peer_certificate = cert;
+                    if !sh.stopping.load(Ordering::Acquire) {
+                        spawn_conn(&sh, Box::new(link), caller);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("rpc: TLS handshake with {:?} failed: {e}", caller.address);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("rpc: cannot start a TLS handshake thread: {e}");
+    }
 }
 
 fn pipe_loop(
@@ -421,6 +479,7 @@ fn pipe_loop(
                     uid: c.map(|c| c.uid),
                     gid: c.map(|c| c.gid),
                     address: None,
+                    peer_certificate: None,
                 };
                 spawn_conn(&shared, Box::new(PipeLink::new(server)), caller);
             }

@@ -2,7 +2,8 @@
 //! pinned self-signed certificate, of every size; a client pinning another certificate, and a
 //! plaintext client, fail cleanly while a stalled handshake and the refused clients do not
 //! disturb the others; a server requiring client certificates refuses clients without the
-//! right one and shows the accepted certificate to its methods.
+//! right one and shows the accepted certificate to its methods; the same with a certificate
+//! authority on both sides (server name and client chain checked).
 #![cfg(feature = "tls")]
 
 mod common;
@@ -138,6 +139,27 @@ fn roles(t: &ipckit_testkit::TestCase) {
         ctx.send_str(&outcome(r))?;
         Ok(())
     });
+    // A client trusting the CA in `ca.der`: args are the binding, the server name to expect
+    // and the client certificate's name.
+    t.role("ca", |ctx| {
+        let me = ctx.arg(2).unwrap();
+        let tls = TlsClientConfig::ca(vec![read(ctx, "ca.der")?])?
+            .server_name(ctx.arg(1).unwrap())?
+            .client_certificate(
+                vec![read(ctx, &format!("{me}.der"))?],
+                read(ctx, &format!("{me}.key"))?,
+            )?;
+        let r = EchoClient::connect_with(&ClientOptions::new().tls(tls), ctx.arg(0).unwrap());
+        let report = match r {
+            Ok(c) => {
+                ensure(c.add(1, 2)? == 3, "add")?;
+                format!("fp {}", c.whoami()?.1.unwrap_or_default())
+            }
+            Err(e) => outcome::<()>(Err(e)),
+        };
+        ctx.send_str(&report)?;
+        Ok(())
+    });
     t.role("plain", |ctx| {
         let r = ClientOptions::new()
             .connect_timeout(Duration::from_secs(10))
@@ -259,5 +281,90 @@ fn a_tls_client_to_a_plaintext_server_fails_cleanly() {
     let mut plain = t.spawn("plain").arg(&b).start();
     assert_eq!(plain.recv_str_timeout(T).unwrap(), "connected");
     assert!(plain.wait_timeout(T).unwrap().success());
+    server.stop();
+}
+
+/// A CA certificate and its issuer, written as `DIR/ca.der`.
+fn make_ca(dir: &Path) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.der"), ca.der()).unwrap();
+    ca
+}
+
+/// A certificate for `localhost` issued by `ca`, written as `DIR/NAME.der` and `DIR/NAME.key`.
+fn issue(
+    ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    dir: &Path,
+    name: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let p = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let cert = p.signed_by(&key, ca).unwrap().der().to_vec();
+    let key = key.serialize_der();
+    std::fs::write(dir.join(format!("{name}.der")), &cert).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), &key).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn a_certificate_authority_on_both_sides() {
+    let t = test_case!();
+    roles(&t);
+    let dir = t.namespace().to_owned();
+    let ca = make_ca(&dir);
+    let (cert, key) = issue(&ca, &dir, "server");
+    let (bob, _) = issue(&ca, &dir, "bob");
+    // Self-signed, not from the CA.
+    make_cert(&dir, "eve");
+    let tls = TlsServerConfig::new(vec![cert], key)
+        .unwrap()
+        .require_client_ca(vec![ca.der().to_vec()])
+        .unwrap();
+    let server = Server::new(
+        ServerOptions::new().tls(tls),
+        vec![EchoServer::new(EchoImpl)],
+    );
+    let b = server
+        .listen("ncacn_ip_tcp:127.0.0.1[0]")
+        .unwrap()
+        .to_string();
+
+    let mut good = t.spawn("ca").arg(&b).arg("localhost").arg("bob").start();
+    let want = Caller {
+        protseq: Protseq::Tcp,
+        pid: None,
+        uid: None,
+        gid: None,
+        address: None,
+        peer_certificate: Some(bob),
+    }
+    .peer_certificate_sha256()
+    .unwrap();
+    assert_eq!(good.recv_str_timeout(T).unwrap(), format!("fp {want}"));
+    // The server's certificate does not name this host.
+    let mut misnamed = t
+        .spawn("ca")
+        .arg(&b)
+        .arg("elsewhere.example")
+        .arg("bob")
+        .start();
+    let report = misnamed.recv_str_timeout(T).unwrap();
+    assert!(refused(&report), "wrong server name: {report}");
+    // A client certificate the CA did not issue.
+    let mut eve = t.spawn("ca").arg(&b).arg("localhost").arg("eve").start();
+    let report = eve.recv_str_timeout(T).unwrap();
+    assert!(
+        refused(&report),
+        "client certificate from elsewhere: {report}"
+    );
+    for p in [&mut good, &mut misnamed, &mut eve] {
+        assert!(p.wait_timeout(T).unwrap().success());
+    }
     server.stop();
 }

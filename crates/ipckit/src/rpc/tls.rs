@@ -40,6 +40,9 @@ use crate::sys::socket;
 
 /// Bytes read from the socket at once (a TLS record is at most about 16.5 KiB).
 const READ_CHUNK: usize = 18 * 1024;
+/// At most this many received bytes wait for rustls to take them (it takes them as soon as
+/// its reader is emptied, so only a misbehaving peer comes near).
+const MAX_UNPROCESSED: usize = 256 * 1024;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -367,6 +370,12 @@ impl State {
                 break;
             }
         }
+        if self.raw.len() > MAX_UNPROCESSED {
+            return Err(Error::with_message(
+                ErrorKind::Protocol,
+                "TLS: the peer sends faster than its records can be processed",
+            ));
+        }
         Ok(())
     }
 
@@ -558,4 +567,69 @@ pub(crate) fn accept(
     let link = TlsLink::handshake(rustls::Connection::Server(conn), fd, deadline)?;
     let cert = link.peer_certificate();
     Ok((link, cert))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn server_config() -> TlsServerConfig {
+        // A fixed test key would do as well; rcgen is a dev-dependency.
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        TlsServerConfig::new(vec![ck.cert.der().to_vec()], ck.signing_key.serialize_der()).unwrap()
+    }
+
+    /// The first flight of a real client: a ClientHello to mutate.
+    fn client_hello() -> Vec<u8> {
+        let cfg = TlsClientConfig::pinned(vec![1, 2, 3]).unwrap();
+        let mut c = rustls::ClientConnection::new(
+            cfg.config.clone(),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    /// The server's handshake on `bytes` from a peer that then stops sending.
+    fn accept_bytes(cfg: &TlsServerConfig, bytes: &[u8]) -> Result<(TlsLink, Option<Vec<u8>>)> {
+        let (ours, theirs) = socket::stream_pair().unwrap();
+        socket::send_all(&theirs, &[bytes]).unwrap();
+        socket::shutdown(&theirs, false, true);
+        accept(cfg, ours, Instant::now() + Duration::from_secs(5))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Hostile bytes in place of a handshake end it with an error, never a panic or a hang.
+        #[test]
+        fn hostile_handshakes_fail_cleanly(
+            junk in proptest::collection::vec(any::<u8>(), 0..4096),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in any::<usize>(),
+            mutate in any::<bool>(),
+        ) {
+            let cfg = server_config();
+            let bytes = if mutate {
+                let mut h = client_hello();
+                for (at, x) in flips {
+                    let n = h.len();
+                    h[at % n] ^= x;
+                }
+                let keep = cut % (h.len() + 1);
+                h.truncate(keep);
+                h
+            } else {
+                junk
+            };
+            // A client that stops after its first flight cannot finish a handshake.
+            prop_assert!(accept_bytes(&cfg, &bytes).is_err());
+        }
+    }
 }

@@ -9,6 +9,12 @@
 //! assert_eq!(calc.to_string(), "6b29fc40-ca47-1067-b31d-00dd010662da v1.0");
 //! # Ok::<(), ipckit::Error>(())
 //! ```
+//!
+//! Carriers: `ncalrpc` (a Unix socket in the user's private folder), `ncacn_np` (ipckit named
+//! pipes) and `ncacn_ip_tcp` (TCP). With the feature `tls`, `ncacn_ip_tcp` can speak TLS 1.2/1.3
+//! (rustls): `ServerOptions::tls` with a `TlsServerConfig`, `ClientOptions::tls` with a
+//! `TlsClientConfig` (a pinned server certificate or a CA), and the client's certificate in
+//! [`Caller::peer_certificate`]. The wire format is in `docs/protocol/rpc.md`.
 
 #[cfg(feature = "tokio")]
 mod asynch;

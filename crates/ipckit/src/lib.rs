@@ -50,9 +50,9 @@ extern crate self as ipckit;
 pub mod broker;
 pub mod channel;
 pub mod error;
-pub mod mailslot;
 #[doc(hidden)]
 pub mod macro_support;
+pub mod mailslot;
 pub mod mapping;
 pub mod name;
 pub mod namespace;

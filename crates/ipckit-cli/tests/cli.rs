@@ -447,4 +447,60 @@ fn pipe_serve_exec_runs_a_command_per_client() {
         assert!(cat.wait_timeout(T).unwrap().success(), "{}", cat.report());
     }
     server.kill().unwrap();
+
+    // A server SIGKILLed while a client's command runs leaves no command behind (this one
+    // would live on: it does not stop at the end of its input).
+    let mut server = t
+        .command(ipckit(&[
+            "pipe",
+            "serve",
+            "cli-exec-2",
+            "--exec",
+            r#"read l; echo "got $l"; exec sleep 1000"#,
+        ]))
+        .start();
+    assert!(
+        wait_for(T, || server.stderr().contains("serving")),
+        "{}",
+        server.report()
+    );
+    let mut cat = t
+        .command(ipckit(&["pipe", "cat", "cli-exec-2", "--linger", "2000"]))
+        .start();
+    let stdin = cat.stdin().unwrap();
+    stdin.write_all(b"three\n").unwrap();
+    stdin.flush().unwrap();
+    assert!(
+        wait_for(T, || cat.stdout() == "got three\n"),
+        "{}",
+        cat.report()
+    );
+    // The command runs as a child of one of the server's threads.
+    let commands: Vec<u32> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .flat_map(|tid| {
+            std::fs::read_to_string(format!("/proc/{}/task/{tid}/children", server.pid()))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    assert_eq!(commands.len(), 1, "one command runs: {commands:?}");
+    server.kill().unwrap();
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    };
+    let orphan = !wait_for(T, || gone(commands[0]));
+    if orphan {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &commands[0].to_string()])
+            .status();
+    }
+    assert!(!orphan, "the command outlived the server");
 }

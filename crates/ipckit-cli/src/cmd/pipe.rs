@@ -354,12 +354,15 @@ fn serve_sink(s: &mut NamedPipeServer) -> Result<(), Box<dyn std::error::Error>>
 /// message per chunk on a message pipe). When the client closes, the command's stdin is closed;
 /// the connection ends when the command closes its stdout.
 fn serve_exec(s: &mut NamedPipeServer, cmd: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
+        .stdout(Stdio::piped());
+    // Killed with this thread (and so with this process, SIGKILL included): no orphan `sh`.
+    ipckit::sys::process::die_with_parent(&mut command);
+    let mut child = command.spawn()?;
     let mut stdin = child.stdin.take();
     let output = spawn_reader(child.stdout.take().expect("piped stdout"));
     let mut result = Ok(());

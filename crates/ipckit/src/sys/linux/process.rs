@@ -161,3 +161,21 @@ pub fn thread_alive(tid: u32) -> bool {
         None => false,
     }
 }
+
+/// Makes `cmd`'s child receive SIGKILL when the thread that spawns it exits (the process
+/// killed included): `prctl(PR_SET_PDEATHSIG)` in the child before `exec`. For helpers whose
+/// life must not outlast their spawner's. Windows: a job object with
+/// `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE`.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let hook = || -> std::io::Result<()> {
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+            .map_err(std::io::Error::from)
+    };
+    // SAFETY: the hook runs in the child between fork and exec, where only async-signal-safe
+    // work is allowed: it makes one prctl system call (rustix calls the kernel directly; an error
+    // converts to io::Error without allocating) and touches no lock or heap.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -458,6 +458,40 @@ fn timeouts_cancel_the_call_on_the_server_and_the_connection_goes_on() {
             wait_for(T, || seen.load(Ordering::SeqCst) == i + 1),
             "{b}: the method saw the cancel"
         );
+    }
+}
+
+/// A long call on a connection does not hold up that connection's other calls: the server
+/// runs a call on the connection's own thread only while it is short, and reads on beside it
+/// once it runs long (over sockets; on pipes calls of one connection take turns).
+#[test]
+fn a_long_call_does_not_hold_up_other_calls_on_its_connection() {
+    let t = test_case!();
+    t.role("client", |ctx| {
+        let c = CalcClient::connect_with(&client_opts(ctx), ctx.arg(0).unwrap())?;
+        let done = Arc::new(AtomicBool::new(false));
+        let long = {
+            let (c, done) = (c.clone(), done.clone());
+            std::thread::spawn(move || {
+                let r = c.sleep(1_500);
+                done.store(true, Ordering::SeqCst);
+                r
+            })
+        };
+        // Give the long call time to start on the server (setup, not a measurement: if it has
+        // not, it simply goes to a pool thread and the check below holds all the same).
+        std::thread::sleep(Duration::from_millis(100));
+        let sum = c.add(40, 2)?;
+        let overtaken = !done.load(Ordering::SeqCst);
+        let slept = long.join().map_err(|_| "the long call panicked")??;
+        ctx.send_str(&format!("{sum} {overtaken} {slept}"))?;
+        Ok(())
+    });
+    let server = Server::new(server_opts(&t), vec![CalcServer::new(CalcImpl::default())]);
+    for b in [bindings(&server)[0].clone(), bindings(&server)[2].clone()] {
+        let mut p = t.spawn("client").arg(&b).start();
+        p.expect("42 true 1500", T).unwrap();
+        assert!(p.wait_timeout(T).unwrap().success(), "{b}: {}", p.report());
     }
 }
 

@@ -245,6 +245,11 @@ impl Decoder {
         self.max_body
     }
 
+    /// Whether nothing received is left to decode (no buffered bytes, nothing to discard).
+    pub fn is_drained(&self) -> bool {
+        self.buf.len() == self.start && self.skip == 0
+    }
+
     /// Appends received bytes.
     pub fn push(&mut self, mut data: &[u8]) {
         if self.skip > 0 {

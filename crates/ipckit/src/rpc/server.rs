@@ -525,6 +525,10 @@ fn pipe_loop(
         };
         match server.connect_timeout(Duration::from_millis(100)) {
             Ok(()) => {
+                // The next instance exists before this one can end: otherwise a client that
+                // closes at once would leave the pipe without any instance for a moment, and a
+                // client connecting then would find no pipe at all (not a busy one to wait for).
+                inst = opts.create(&name).ok();
                 let c = server.client();
                 let caller = Caller {
                     protseq: Protseq::NamedPipe,

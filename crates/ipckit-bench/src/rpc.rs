@@ -99,6 +99,38 @@ pub fn not_yet<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     }
 }
 
+/// The carrier of the peer-crate comparisons (tarpc, tonic): a Unix stream socket or TCP on
+/// 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+pub enum SocketCarrier {
+    /// A Unix stream socket.
+    Unix,
+    /// TCP on 127.0.0.1.
+    Tcp,
+}
+
+impl SocketCarrier {
+    /// Where a server listens: the socket `file` in `dir`, or a free loopback port.
+    pub fn address(self, dir: &Path, file: &str) -> io::Result<String> {
+        Ok(match self {
+            SocketCarrier::Unix => path_arg(&dir.join(file))?.to_owned(),
+            SocketCarrier::Tcp => format!("127.0.0.1:{}", free_tcp_port()?),
+        })
+    }
+}
+
+/// The current-thread tokio runtime each peer-crate end runs on.
+pub fn current_thread_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Any displayable error as an `io::Error`.
+pub fn io_other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the peer binds it again).
 pub fn free_tcp_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -20,7 +20,7 @@ use tarpc::tokio_serde::formats::Bincode;
 use tarpc::{client, context};
 use tokio::runtime::Runtime;
 
-use crate::rpc::{RpcCaller, RpcSystem, free_tcp_port};
+use crate::rpc::{RpcCaller, RpcSystem};
 
 /// The benchmark service.
 #[tarpc::service]
@@ -49,27 +49,13 @@ impl BenchSvc for Srv {
 }
 
 /// Which carrier.
-#[derive(Debug, Clone, Copy)]
-pub enum Carrier {
-    /// A Unix stream socket.
-    Unix,
-    /// TCP on 127.0.0.1.
-    Tcp,
-}
+pub use crate::rpc::SocketCarrier as Carrier;
 
 /// A `tarpc-*` benchmark.
 #[derive(Debug, Clone, Copy)]
 pub struct Tarpc(pub Carrier);
 
-fn runtime() -> io::Result<Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-}
-
-fn other(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
+use crate::rpc::{current_thread_runtime as runtime, io_other as other};
 
 /// The client: a tarpc client on its own current-thread runtime.
 #[derive(Debug)]
@@ -136,10 +122,7 @@ impl RpcSystem for Tarpc {
     type Caller = Caller;
 
     fn address(&self, dir: &Path) -> io::Result<String> {
-        Ok(match self.0 {
-            Carrier::Unix => crate::raw::path_arg(&dir.join("tarpc.sock"))?.to_owned(),
-            Carrier::Tcp => format!("127.0.0.1:{}", free_tcp_port()?),
-        })
+        self.0.address(dir, "tarpc.sock")
     }
 
     fn serve(&self, addr: &str, alive: &dyn Fn() -> io::Result<()>) -> io::Result<()> {

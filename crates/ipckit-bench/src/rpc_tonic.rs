@@ -28,7 +28,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 
-use crate::rpc::{RpcCaller, RpcSystem, free_tcp_port};
+use crate::rpc::{RpcCaller, RpcSystem};
 
 /// A `u64`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -128,27 +128,13 @@ impl tower::Service<http::Request<Body>> for BenchGrpc {
 }
 
 /// Which carrier.
-#[derive(Debug, Clone, Copy)]
-pub enum Carrier {
-    /// A Unix stream socket.
-    Unix,
-    /// TCP on 127.0.0.1.
-    Tcp,
-}
+pub use crate::rpc::SocketCarrier as Carrier;
 
 /// A `tonic-*` benchmark.
 #[derive(Debug, Clone, Copy)]
 pub struct Tonic(pub Carrier);
 
-fn runtime() -> io::Result<Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-}
-
-fn other(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
+use crate::rpc::{current_thread_runtime as runtime, io_other as other};
 
 /// The client: tonic's generic gRPC client on its own current-thread runtime.
 #[derive(Debug)]
@@ -201,10 +187,7 @@ impl RpcSystem for Tonic {
     type Caller = Caller;
 
     fn address(&self, dir: &Path) -> io::Result<String> {
-        Ok(match self.0 {
-            Carrier::Unix => crate::raw::path_arg(&dir.join("tonic.sock"))?.to_owned(),
-            Carrier::Tcp => format!("127.0.0.1:{}", free_tcp_port()?),
-        })
+        self.0.address(dir, "tonic.sock")
     }
 
     fn serve(&self, addr: &str, alive: &dyn Fn() -> io::Result<()>) -> io::Result<()> {

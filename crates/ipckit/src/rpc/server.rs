@@ -638,7 +638,8 @@ fn inline_started(shared: &Arc<Shared>, conn: &Arc<Conn>) {
         let _g = w.lock.lock().unwrap_or_else(|e| e.into_inner());
         w.cv.notify_one();
     }
-    if !w.started.swap(true, Ordering::AcqRel) {
+    // A load first: the exchange (a locked write) is needed once per server, not per call.
+    if !w.started.load(Ordering::Acquire) && !w.started.swap(true, Ordering::AcqRel) {
         let weak = Arc::downgrade(shared);
         let watch = w.clone();
         if std::thread::Builder::new()

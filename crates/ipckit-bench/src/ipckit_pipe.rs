@@ -1,5 +1,8 @@
-//! `ipckit-pipe`: an ipckit named pipe (`ipckit::pipe`) in message mode, beside the
-//! `unix-stream` baseline it is built on.
+//! `ipckit-pipe` and `ipckit-pipe-byte`: an ipckit named pipe (`ipckit::pipe`) in message mode
+//! and in byte mode, beside the `unix-stream` baseline it is built on.
+//!
+//! Byte mode (`PIPE_TYPE_BYTE | PIPE_READMODE_BYTE`): the same, but a write is just bytes and
+//! [`Channel::recv`] reads until the expected size has arrived, as a byte stream is read.
 //!
 //! The harness creates the only instance of a message-type pipe (`CreateNamedPipe` with
 //! `PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE`, one instance, first instance) in a private
@@ -33,9 +36,27 @@ const PIPE: &str = "bench";
 /// One accept slice while the harness waits for the peer (bounded by the launcher).
 const ACCEPT_SLICE: Duration = Duration::from_millis(1);
 
-/// The `ipckit-pipe` benchmark.
+/// A named-pipe benchmark, in message or byte mode.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NamedPipeBench;
+pub struct NamedPipeBench {
+    /// Byte-type pipe read in byte mode (else message type, message read mode).
+    pub byte: bool,
+}
+
+/// `ipckit-pipe`: message mode.
+pub static MESSAGE: NamedPipeBench = NamedPipeBench { byte: false };
+/// `ipckit-pipe-byte`: byte mode.
+pub static BYTE: NamedPipeBench = NamedPipeBench { byte: true };
+
+impl NamedPipeBench {
+    fn server_options(&self) -> ServerOptions {
+        if self.byte {
+            ServerOptions::new()
+        } else {
+            ServerOptions::message()
+        }
+    }
+}
 
 fn pipe_name(name: &str) -> String {
     format!(r"\\.\pipe\{name}")
@@ -53,6 +74,8 @@ enum End {
 #[derive(Debug)]
 pub struct PipeEnd {
     end: End,
+    /// Byte mode: a receive reads until the expected size has arrived.
+    byte: bool,
     /// Harness only: the case's namespace, removed on drop.
     _dir: Option<TempDir>,
 }
@@ -70,6 +93,20 @@ impl Channel for PipeEnd {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        if self.byte {
+            let mut got = 0;
+            while got < buf.len() {
+                let n = match &mut self.end {
+                    End::Server(s) => s.read(&mut buf[got..])?,
+                    End::Client(c) => c.read(&mut buf[got..])?,
+                };
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                got += n;
+            }
+            return Ok(());
+        }
         let r = match &mut self.end {
             End::Server(s) => s.read(buf),
             End::Client(c) => c.read(buf),
@@ -94,7 +131,8 @@ impl Transport for NamedPipeBench {
 
     fn open_parent(&self, launcher: &mut Launcher<'_>) -> io::Result<PipeEnd> {
         let dir = TempDir::new()?;
-        let mut server = ServerOptions::message()
+        let mut server = self
+            .server_options()
             .max_instances(1)?
             .first_instance(true)
             .namespace(Namespace::at(dir.path()))
@@ -109,6 +147,7 @@ impl Transport for NamedPipeBench {
         })?;
         Ok(PipeEnd {
             end: End::Server(server),
+            byte: self.byte,
             _dir: Some(dir),
         })
     }
@@ -122,9 +161,12 @@ impl Transport for NamedPipeBench {
         let mut client = ClientOptions::new()
             .namespace(Namespace::at(dir))
             .connect(&pipe_name(name))?;
-        client.set_read_mode(ReadMode::Message)?;
+        if !self.byte {
+            client.set_read_mode(ReadMode::Message)?;
+        }
         Ok(PipeEnd {
             end: End::Client(client),
+            byte: self.byte,
             _dir: None,
         })
     }
@@ -154,7 +196,7 @@ mod tests {
                 phases: Vec::new(),
                 liveness: crate::peer::Liveness::Parent(rustix::process::getppid().unwrap()),
             };
-            let mut c = NamedPipeBench.open_peer(&env).unwrap();
+            let mut c = MESSAGE.open_peer(&env).unwrap();
             let mut buf = [0u8; 16];
             c.recv(&mut buf).unwrap();
             c.send(&buf).unwrap();
@@ -163,6 +205,7 @@ mod tests {
         server.connect().unwrap();
         let mut end = PipeEnd {
             end: End::Server(server),
+            byte: false,
             _dir: Some(dir),
         };
         end.send(&[7u8; 16]).unwrap();

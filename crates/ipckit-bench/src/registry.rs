@@ -18,7 +18,7 @@
 //!        group: Group::Ipckit,
 //!        baseline: Some("unix-stream"),
 //!        about: "ipckit named pipe (byte mode) between two processes",
-//!        kind: Kind::TwoProcess(&NamedPipeBench),
+//!        kind: Kind::TwoProcess(&NamedPipeBench { byte: false }),
 //!    },
 //!    ```
 //!
@@ -248,7 +248,14 @@ pub static BENCHES: &[Bench] = &[
         group: Group::Ipckit,
         baseline: Some("unix-stream"),
         about: "named pipe, message mode (CreateNamedPipe / CreateFile, one WriteFile / ReadFile per message)",
-        kind: Kind::TwoProcess(&crate::ipckit_pipe::NamedPipeBench),
+        kind: Kind::TwoProcess(&crate::ipckit_pipe::MESSAGE),
+    },
+    Bench {
+        name: "ipckit-pipe-byte",
+        group: Group::Ipckit,
+        baseline: Some("unix-stream"),
+        about: "named pipe, byte mode (PIPE_TYPE_BYTE; a read takes what has arrived)",
+        kind: Kind::TwoProcess(&crate::ipckit_pipe::BYTE),
     },
     Bench {
         name: "interprocess",

@@ -113,6 +113,20 @@ fn result_parts(ty: &Type) -> Option<(Type, Type)> {
     Some((t, e))
 }
 
+/// `async fn m(&self, ..) -> R` becomes `fn m(&self, ..) -> impl Future<Output = R> + Send`:
+/// the server runs the future on a tokio runtime, so it must be `Send` (implementations may
+/// still write `async fn`).
+fn desugar_async(sig: &mut syn::Signature) {
+    sig.asyncness = None;
+    let out: Type = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, t) => (**t).clone(),
+    };
+    sig.output = syn::parse_quote! {
+        -> impl ::std::future::Future<Output = #out> + ::std::marker::Send
+    };
+}
+
 /// Marks a trait as an RPC interface: `#[interface(uuid = "...", version = "1.0")]`.
 ///
 /// For a trait `Calc` it generates `CalcClient` (blocking), `CalcAsyncClient` (with ipckit's
@@ -121,6 +135,13 @@ fn result_parts(ty: &Type) -> Option<(Type, Type)> {
 /// `ctx: &CallContext`, then owned serde arguments; they return a serde value, a
 /// `Result<T, E>` (with `E` an application error that travels typed), or nothing. A method
 /// marked `#[oneway]` returns nothing and its caller does not wait.
+///
+/// Methods may be `async fn` (asynchronous server routines, answered on Windows with
+/// `RpcAsyncCompleteCall`): the trait then declares them as returning
+/// `impl Future<Output = R> + Send` (implementations may write `async fn`), and the server
+/// runs their calls on the tokio runtime of `ServerOptions::runtime` (ipckit's `tokio`
+/// feature) without holding a thread while they await. A trait may mix both kinds; the
+/// clients and the wire are the same for both.
 #[proc_macro_attribute]
 pub fn interface(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse_macro_input!(attr as Args);
@@ -154,6 +175,7 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
     let mut client_methods = Vec::new();
     let mut async_methods = Vec::new();
     let mut arms = Vec::new();
+    let mut async_arms = Vec::new();
     let mut opnum: u16 = 0;
 
     for item in &mut tr.items {
@@ -161,13 +183,15 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
         let before = f.attrs.len();
         f.attrs.retain(|a| !a.path().is_ident("oneway"));
         let oneway = f.attrs.len() != before;
-        let sig = &f.sig;
+        let is_async = f.sig.asyncness.is_some();
+        let orig = f.sig.clone();
+        if is_async {
+            desugar_async(&mut f.sig);
+        }
+        let sig = &orig;
         let mname = &sig.ident;
-        if sig.asyncness.is_some() || !sig.generics.params.is_empty() {
-            return Err(syn::Error::new_spanned(
-                sig,
-                "RPC methods are plain (not async, not generic) methods",
-            ));
+        if !sig.generics.params.is_empty() {
+            return Err(syn::Error::new_spanned(sig, "RPC methods are not generic"));
         }
         let mut inputs = sig.inputs.iter();
         match inputs.next() {
@@ -239,12 +263,54 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
         } else {
             quote! {}
         };
+        let bad_args = if is_async {
+            quote! { ::std::option::Option::Some(::std::boxed::Box::pin(::std::future::ready(
+            ::ipckit::rpc::Outcome::Fault(1783, e.to_string())))) }
+        } else {
+            quote! { ::ipckit::rpc::Outcome::Fault(1783, e.to_string()) }
+        };
         let decode_args = quote! {
             let (#(#names,)*): (#(#wire_types,)*) = match ::ipckit::rpc::decode(args) {
                 Ok(v) => v,
-                Err(e) => return ::ipckit::rpc::Outcome::Fault(1783, e.to_string()),
+                Err(e) => return #bad_args,
             };
             #(#unwrap_args)*
+        };
+        // The method's call: on the dispatcher's `self.0`, or (async) awaited inside a future
+        // that owns the implementation and the call's context.
+        let invoke = if is_async {
+            let actx = if takes_ctx {
+                quote! { &ctx, }
+            } else {
+                quote! {}
+            };
+            quote! { imp.#mname(#actx #(#names),*).await }
+        } else {
+            quote! { self.0.#mname(#ctx_arg #(#names),*) }
+        };
+        // Where the arm goes: `dispatch`, or `dispatch_async` (with a fault in `dispatch`).
+        let mut push_arm = |body: TokenStream2| {
+            if is_async {
+                let own_ctx = if takes_ctx {
+                    quote! { let ctx = ctx.clone(); }
+                } else {
+                    quote! {}
+                };
+                async_arms.push(quote! {
+                    #op => {
+                        #decode_args
+                        let imp = ::std::sync::Arc::clone(&self.0);
+                        #own_ctx
+                        ::std::option::Option::Some(::std::boxed::Box::pin(async move { #body }))
+                    }
+                });
+                arms.push(quote! {
+                    #op => ::ipckit::rpc::Outcome::Fault(1726, ::std::string::String::from(
+                        "an async procedure: it runs through dispatch_async")),
+                });
+            } else {
+                arms.push(quote! { #op => { #decode_args #body } });
+            }
         };
         if oneway {
             if ret.is_some() {
@@ -266,8 +332,8 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
                     self.client.call_oneway(#op, #call_args).await
                 }
             });
-            arms.push(quote! {
-                #op => { #decode_args self.0.#mname(#ctx_arg #(#names),*); ::ipckit::rpc::Outcome::Ok(::std::vec::Vec::new()) }
+            push_arm(quote! {
+                #invoke; ::ipckit::rpc::Outcome::Ok(::std::vec::Vec::new())
             });
             continue;
         }
@@ -294,8 +360,8 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
                         self.client.call::<_, #wire_t, #e>(#op, #call_args).await #from_wire
                     }
                 });
-                arms.push(quote! {
-                    #op => { #decode_args ::ipckit::rpc::outcome(self.0.#mname(#ctx_arg #(#names),*)#to_wire) }
+                push_arm(quote! {
+                    ::ipckit::rpc::outcome((#invoke)#to_wire)
                 });
             }
             None => {
@@ -321,8 +387,8 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
                         self.client.call::<_, #wire_t, ()>(#op, #call_args).await #from_wire.map_err(::ipckit::rpc::CallError::into_error)
                     }
                 });
-                arms.push(quote! {
-                    #op => { #decode_args ::ipckit::rpc::outcome::<_, ()>(Ok(#to_wire(self.0.#mname(#ctx_arg #(#names),*)))) }
+                push_arm(quote! {
+                    ::ipckit::rpc::outcome::<_, ()>(Ok(#to_wire(#invoke)))
                 });
             }
         }
@@ -335,6 +401,19 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
         tr.colon_token = Some(Default::default());
     }
     let n_ops = opnum;
+    let dispatch_async = if async_arms.is_empty() {
+        quote! {}
+    } else {
+        quote! {
+            #[allow(unused_variables)]
+            fn dispatch_async(&self, ctx: &::ipckit::rpc::CallContext, opnum: u16, args: &[u8]) -> ::std::option::Option<::ipckit::rpc::CallFuture> {
+                match opnum {
+                    #(#async_arms)*
+                    _ => ::std::option::Option::None,
+                }
+            }
+        }
+    };
     let client_doc =
         format!("The blocking client of [`{name}`] (interface {uuid} v{major}.{minor}).");
     let aclient_doc = format!("The async (tokio) client of [`{name}`].");
@@ -387,6 +466,10 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
                 pub async fn connect_with(opts: &::ipckit::rpc::ClientOptions, binding: &str) -> ::ipckit::Result<Self> {
                     Ok(Self { client: ::ipckit::rpc::AsyncClient::connect(opts, binding, #client::INTERFACE).await? })
                 }
+                /// The untyped client underneath.
+                pub fn client(&self) -> &::ipckit::rpc::AsyncClient {
+                    &self.client
+                }
                 #(#async_methods)*
             }
         }
@@ -421,6 +504,7 @@ fn expand(args: Args, mut tr: ItemTrait) -> syn::Result<TokenStream2> {
                     _ => ::ipckit::rpc::Outcome::Fault(1745, ::std::format!("procedure {opnum} out of range")),
                 }
             }
+            #dispatch_async
         }
     })
 }

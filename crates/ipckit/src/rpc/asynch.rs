@@ -1,19 +1,66 @@
-//! The async (tokio) RPC client.
+//! The async (tokio) RPC client: calls that are cancelled on the server when their future is
+//! dropped.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ipckit::rpc::{self, CallContext, ClientOptions, Server, ServerOptions};
+//!
+//! #[rpc::interface(uuid = "0f6d1f3e-2c4b-4a59-8e7d-5b1a9c3e7f20")]
+//! pub trait Slow {
+//!     /// Waits until the caller gives up; says whether it saw that.
+//!     async fn wait(&self, ctx: &CallContext) -> bool;
+//! }
+//! struct Impl;
+//! impl Slow for Impl {
+//!     async fn wait(&self, ctx: &CallContext) -> bool {
+//!         ctx.cancelled().await;
+//!         true
+//!     }
+//! }
+//!
+//! # fn main() -> ipckit::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("ipckit-doc-asynch-{}", std::process::id()));
+//! # let ns = ipckit::namespace::Namespace::at(&dir);
+//! let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+//! // Async methods run on this runtime.
+//! let opts = ServerOptions::new().namespace(ns.clone()).runtime(rt.handle().clone());
+//! let server = Server::new(opts, vec![SlowServer::new(Impl)]);
+//! let b = server.listen("ncalrpc:[doc-async]")?.to_string();
+//! rt.block_on(async {
+//!     let c = SlowAsyncClient::connect_with(&ClientOptions::new().namespace(ns), &b).await?;
+//!     // Giving up drops the call's future: the call is cancelled on the server.
+//!     let r = tokio::time::timeout(Duration::from_millis(50), c.wait()).await;
+//!     assert!(r.is_err());
+//!     Ok::<(), ipckit::Error>(())
+//! })?;
+//! server.stop(); // RpcMgmtStopServerListening + RpcMgmtWaitServerListen
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::InterfaceId;
 use super::client::{CallError, Client, ClientOptions, decode_reply, encode};
+use super::proto::Reply;
 use crate::error::{Error, ErrorKind, Result};
 
 /// An async RPC client (feature `tokio`).
 ///
 /// Windows counterpart: asynchronous RPC (`RpcAsyncInitializeHandle`, `RpcAsyncCompleteCall`,
-/// `RpcAsyncCancelCall`). Calls run on tokio's blocking threads over a shared [`Client`], so
-/// many may be in flight at once; the client's timeout ([`ClientOptions::timeout`]) cancels a
-/// call on the server. Difference: dropping the future does not cancel the call on the server
-/// (it finishes and its answer is discarded); use a timeout for that.
+/// and `RpcAsyncCancelCall` with `fAbort = TRUE`). Many calls may be in flight at once on the
+/// one connection. Dropping a call's future before its answer (a `tokio::time::timeout`, a
+/// `select!` that took another branch, an aborted task) cancels the call: the server is sent
+/// the protocol's cancel frame, the method sees
+/// [`CallContext::is_cancelled`](super::CallContext::is_cancelled), and the connection goes on
+/// serving the client's other calls. The client's timeout ([`ClientOptions::timeout`]) cancels
+/// in the same way. Differences: there is no separate cancel call (dropping the future is it),
+/// and each waiting call occupies one of tokio's blocking threads, as the connection's socket
+/// is read by blocking calls.
 #[derive(Debug, Clone)]
 pub struct AsyncClient {
     inner: Client,
@@ -24,6 +71,40 @@ fn join_error(e: tokio::task::JoinError) -> Error {
         ErrorKind::CallFailed,
         format!("the call's task failed: {e}"),
     )
+}
+
+/// Where a call of an [`AsyncClient`] stands, shared by its future and its blocking task.
+enum Slot {
+    /// Not sent yet.
+    Unsent,
+    /// Sent with this id, answer awaited.
+    Sent(u32),
+    /// The future was dropped: cancel (or do not send).
+    Abandoned,
+    /// Answered.
+    Done,
+}
+
+/// Cancels the call when the future holding it is dropped before the answer.
+struct CancelOnDrop {
+    client: Client,
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let mut s = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match *s {
+            Slot::Sent(id) => {
+                *s = Slot::Abandoned;
+                drop(s);
+                tracing::debug!("rpc: call {id} dropped by its caller: cancelling it");
+                self.client.cancel(id);
+            }
+            Slot::Unsent => *s = Slot::Abandoned,
+            Slot::Abandoned | Slot::Done => {}
+        }
+    }
 }
 
 impl AsyncClient {
@@ -46,17 +127,50 @@ impl AsyncClient {
         &self.inner
     }
 
-    /// Calls `opnum` with `args` and decodes the result (see [`Client::call`]).
+    /// Calls `opnum` with encoded `args`; the reply's encoded body (see [`Client::call_raw`]).
+    /// Dropping the future before it completes cancels the call on the server.
+    pub async fn call_raw(&self, opnum: u16, args: Vec<u8>) -> Result<Reply> {
+        let slot = Arc::new(Mutex::new(Slot::Unsent));
+        let guard = CancelOnDrop {
+            client: self.inner.clone(),
+            slot: slot.clone(),
+        };
+        let c = self.inner.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            let timeout = c.timeout();
+            let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(*s, Slot::Abandoned) {
+                return Err(Error::with_message(
+                    ErrorKind::Timeout,
+                    "the call was dropped before it was sent",
+                ));
+            }
+            // Sent under the slot's lock: a drop meanwhile waits for the id, then cancels it.
+            let id = c.start(opnum, &args, false, timeout)?;
+            *s = Slot::Sent(id);
+            drop(s);
+            let r = c.wait_cancellable(id, opnum, timeout);
+            let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+            if matches!(*s, Slot::Sent(_)) {
+                *s = Slot::Done;
+            }
+            r
+        })
+        .await
+        .map_err(join_error)?;
+        *guard.slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Done;
+        reply
+    }
+
+    /// Calls `opnum` with `args` and decodes the result (see [`Client::call`]). Dropping the
+    /// future before it completes cancels the call on the server.
     pub async fn call<A: Serialize, T: DeserializeOwned, E: DeserializeOwned>(
         &self,
         opnum: u16,
         args: &A,
     ) -> std::result::Result<T, CallError<E>> {
         let bytes = encode(args)?;
-        let c = self.inner.clone();
-        let reply = tokio::task::spawn_blocking(move || c.call_raw(opnum, &bytes, false))
-            .await
-            .map_err(join_error)??;
+        let reply = self.call_raw(opnum, bytes).await?;
         decode_reply(&reply)
     }
 

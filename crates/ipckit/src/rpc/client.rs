@@ -16,6 +16,9 @@ use crate::namespace::Namespace;
 /// `RPC_S_CALL_CANCELLED`, the code of a call whose time ran out.
 const CALL_CANCELLED: u32 = 1818;
 
+/// How long a reader of a pipe holds it while calls may need to send a cancel.
+const PIPE_SLICE: Duration = Duration::from_millis(20);
+
 /// Settings of a [`Client`].
 ///
 /// Windows counterpart: the binding handle's options (`RpcMgmtSetComTimeout`,
@@ -149,6 +152,7 @@ impl ClientOptions {
                     decoder: Some(dec),
                     done: HashMap::new(),
                     dead: None,
+                    cancellable: 0,
                 }),
                 cv: Condvar::new(),
             }),
@@ -162,6 +166,10 @@ struct State {
     decoder: Option<Decoder>,
     done: HashMap<u32, Result<Reply>>,
     dead: Option<(ErrorKind, String)>,
+    /// Calls of an [`AsyncClient`](super::AsyncClient) waiting: they may be cancelled from
+    /// another thread at any time, so on a link that cannot send while it receives (a pipe)
+    /// the reader must not block without end.
+    cancellable: usize,
 }
 
 struct Shared {
@@ -222,6 +230,11 @@ impl Client {
         self.shared.server_version
     }
 
+    /// The call timeout of [`ClientOptions::timeout`].
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.shared.timeout
+    }
+
     /// Calls procedure `opnum` with encoded `args`; the reply's encoded body.
     /// One-way calls return an empty reply as soon as the request is sent.
     pub fn call_raw(&self, opnum: u16, args: &[u8], oneway: bool) -> Result<Reply> {
@@ -236,6 +249,21 @@ impl Client {
         oneway: bool,
         timeout: Option<Duration>,
     ) -> Result<Reply> {
+        let id = self.start(opnum, args, oneway, timeout)?;
+        if oneway {
+            return Ok(Reply::empty());
+        }
+        self.wait(id, opnum, timeout)
+    }
+
+    /// Sends a request; its call id (for [`wait`](Self::wait) or [`cancel`](Self::cancel)).
+    pub(crate) fn start(
+        &self,
+        opnum: u16,
+        args: &[u8],
+        oneway: bool,
+        timeout: Option<Duration>,
+    ) -> Result<u32> {
         let sh = &*self.shared;
         let (id, head) = {
             let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -249,9 +277,57 @@ impl Client {
             self.kill(&err);
             return Err(err);
         }
-        if oneway {
-            return Ok(Reply::empty());
+        Ok(id)
+    }
+
+    /// Gives up on call `id`: the server is told (its method sees
+    /// [`CallContext::is_cancelled`](super::CallContext::is_cancelled)), a late answer is
+    /// dropped, and whoever [`wait`](Self::wait)s for it gets [`ErrorKind::Timeout`]
+    /// (`RPC_S_CALL_CANCELLED`, 1818). Nothing happens if the call has already been answered
+    /// and its answer taken.
+    pub(crate) fn cancel(&self, id: u32) {
+        let sh = &*self.shared;
+        let frame = {
+            let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+            let frame = st.proto.cancel(id);
+            if frame.is_some() {
+                st.done.insert(
+                    id,
+                    Err(
+                        Error::with_message(ErrorKind::Timeout, "the call was cancelled")
+                            .with_win32_code(CALL_CANCELLED),
+                    ),
+                );
+            } else {
+                // Answered but not taken: nobody will take it now.
+                st.done.remove(&id);
+            }
+            frame
+        };
+        sh.cv.notify_all();
+        if let Some(c) = frame {
+            let _ = sh.link.send(&[&c]);
         }
+    }
+
+    /// [`wait`](Self::wait) for a call that [`cancel`](Self::cancel) may end from another
+    /// thread meanwhile.
+    pub(crate) fn wait_cancellable(
+        &self,
+        id: u32,
+        opnum: u16,
+        timeout: Option<Duration>,
+    ) -> Result<Reply> {
+        let st = &self.shared.state;
+        st.lock().unwrap_or_else(|e| e.into_inner()).cancellable += 1;
+        let r = self.wait(id, opnum, timeout);
+        st.lock().unwrap_or_else(|e| e.into_inner()).cancellable -= 1;
+        r
+    }
+
+    /// Waits for the answer to call `id` (at most `timeout`, then cancels it).
+    pub(crate) fn wait(&self, id: u32, opnum: u16, timeout: Option<Duration>) -> Result<Reply> {
+        let sh = &*self.shared;
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -282,6 +358,13 @@ impl Client {
             }
             match st.decoder.take() {
                 Some(mut dec) => {
+                    // A pipe cannot send while it receives: read in slices while a cancel
+                    // may have to go out.
+                    let left = if st.cancellable > 0 && !sh.link.full_duplex() {
+                        Some(left.map_or(PIPE_SLICE, |l| l.min(PIPE_SLICE)))
+                    } else {
+                        left
+                    };
                     drop(st);
                     let mut timed_out = false;
                     let r = dec.fill(|buf| {

@@ -158,6 +158,29 @@ impl CallContext {
         self.cancelled.load(Ordering::Acquire) || self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
+    /// Completes when [`is_cancelled`](Self::is_cancelled) becomes true: the client cancelled
+    /// the call (gave up on it, dropped its async call, timed out) or the deadline passed. For
+    /// async procedures (feature `tokio`; needs the runtime's time driver), e.g. raced with the
+    /// work in `tokio::select!`.
+    ///
+    /// Windows counterpart: an asynchronous server routine learns of `RpcAsyncCancelCall` by
+    /// polling `RpcServerTestCancel`; ipckit polls too, every millisecond at first, backing
+    /// off to every 10 ms (so the cancel is seen up to 10 ms late), and wakes exactly at the
+    /// deadline.
+    #[cfg(feature = "tokio")]
+    pub async fn cancelled(&self) {
+        const MAX_STEP: std::time::Duration = std::time::Duration::from_millis(10);
+        let mut step = std::time::Duration::from_millis(1);
+        while !self.is_cancelled() {
+            let mut wake = Instant::now() + step;
+            if let Some(d) = self.deadline {
+                wake = wake.min(d);
+            }
+            tokio::time::sleep_until(wake.into()).await;
+            step = (step * 2).min(MAX_STEP);
+        }
+    }
+
     /// Opens a context handle holding `value`; `rundown` gets the value back if the client
     /// goes away without closing the handle.
     pub fn open_context<T: Send + 'static>(

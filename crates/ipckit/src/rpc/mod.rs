@@ -32,7 +32,7 @@ pub use binding::{Binding, Protseq, Resolver};
 pub use client::{CallError, Client, ClientOptions, decode, decode_reply, encode};
 pub use context::{CallContext, Caller, ContextHandle};
 pub use proto::{Outcome, Reply};
-pub use server::{Dispatch, Server, ServerOptions, outcome};
+pub use server::{CallFuture, Dispatch, Server, ServerOptions, outcome};
 pub use uuid::Uuid;
 
 #[cfg(feature = "tls")]

@@ -32,7 +32,22 @@ pub trait Dispatch: Send + Sync + 'static {
     fn procedures(&self) -> u16;
     /// Runs procedure `opnum` on the encoded `args`.
     fn dispatch(&self, ctx: &CallContext, opnum: u16, args: &[u8]) -> Outcome;
+    /// For an async procedure (an `async fn` of an `#[interface]` trait): its call as a future,
+    /// which the server runs on the tokio runtime of [`ServerOptions::runtime`] (feature
+    /// `tokio`) without holding a thread while it awaits. `None` (the default): `opnum` is a
+    /// plain procedure, run by [`dispatch`](Self::dispatch) on a call thread.
+    ///
+    /// Windows counterpart: an asynchronous server routine (`[async]` in the ACF), which gets
+    /// an `RPC_ASYNC_STATE` and answers later with `RpcAsyncCompleteCall`; here the future's
+    /// output is the answer.
+    fn dispatch_async(&self, ctx: &CallContext, opnum: u16, args: &[u8]) -> Option<CallFuture> {
+        let _ = (ctx, opnum, args);
+        None
+    }
 }
+
+/// The future of an async procedure's call (see [`Dispatch::dispatch_async`]).
+pub type CallFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
 
 /// Settings of a [`Server`].
 ///
@@ -47,6 +62,8 @@ pub struct ServerOptions {
     namespace: Option<Namespace>,
     #[cfg(feature = "tls")]
     tls: Option<super::TlsServerConfig>,
+    #[cfg(feature = "tokio")]
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for ServerOptions {
@@ -59,6 +76,8 @@ impl Default for ServerOptions {
             namespace: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "tokio")]
+            runtime: None,
         }
     }
 }
@@ -109,6 +128,25 @@ impl ServerOptions {
     #[cfg(feature = "tls")]
     pub fn tls(mut self, tls: super::TlsServerConfig) -> Self {
         self.tls = Some(tls);
+        self
+    }
+    /// The tokio runtime that runs the calls of async procedures (`async fn` methods of an
+    /// `#[interface]` trait, [`Dispatch::dispatch_async`]; feature `tokio`). Such a call holds
+    /// no thread while it awaits, so any number of them (up to
+    /// [`max_calls_per_connection`](Self::max_calls_per_connection) per connection) can wait
+    /// at once whatever [`max_calls`](Self::max_calls) is; `max_calls` bounds the plain
+    /// procedures only. Timeouts, cancellation ([`CallContext::is_cancelled`],
+    /// [`CallContext::cancelled`]), context handles and the caller's identity work as for plain
+    /// procedures, and [`Server::stop`] waits for async calls too (call it outside the
+    /// runtime's threads, or from `spawn_blocking`, so those calls can finish). The runtime
+    /// needs its time driver (`enable_time`) for [`CallContext::cancelled`]. Without a
+    /// runtime, calls of async procedures fault with `RPC_S_CALL_FAILED` (1726).
+    ///
+    /// Windows counterpart: asynchronous server routines (`RpcAsyncCompleteCall` answers
+    /// them), which run on the RPC runtime's own threads; here they run on the runtime given.
+    #[cfg(feature = "tokio")]
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
         self
     }
 }
@@ -872,14 +910,22 @@ fn run_call(
             cancelled,
             contexts: conn.contexts.clone(),
         };
-        match std::panic::catch_unwind(AssertUnwindSafe(|| {
-            d.dispatch(&ctx, call.opnum, call.args())
-        })) {
-            Ok(o) => o,
+        let run = || match d.dispatch_async(&ctx, call.opnum, call.args()) {
+            Some(fut) => Err(fut),
+            None => Ok(d.dispatch(&ctx, call.opnum, call.args())),
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(run)) {
+            Ok(Ok(o)) => o,
+            Ok(Err(fut)) => return run_async(shared, conn, id, call.oneway, fut),
             Err(_) => Outcome::Fault(status::CALL_FAILED, "the server method panicked".into()),
         }
     };
-    if call.oneway {
+    answer(conn, id, call.oneway, outcome);
+}
+
+/// Answers call `id` (nothing for a one-way call).
+fn answer(conn: &Arc<Conn>, id: u32, oneway: bool, outcome: Outcome) {
+    if oneway {
         return;
     }
     conn.answering.fetch_add(1, Ordering::AcqRel);
@@ -916,6 +962,50 @@ fn run_call(
     conn.answering.fetch_sub(1, Ordering::AcqRel);
     if let Err(e) = r {
         tracing::debug!("rpc: cannot send the answer to call {id}: {e}");
+    }
+}
+
+/// Runs the call of an async procedure on the server's runtime; the thread returns at once.
+fn run_async(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u32, oneway: bool, fut: CallFuture) {
+    #[cfg(feature = "tokio")]
+    if let Some(rt) = &shared.opts.runtime {
+        // Answers even if the future never completes: a panic, a runtime shut down.
+        let mut guard = AsyncAnswer {
+            conn: conn.clone(),
+            id,
+            oneway,
+            done: false,
+        };
+        rt.spawn(async move {
+            let o = fut.await;
+            guard.done = true;
+            answer(&guard.conn, guard.id, guard.oneway, o);
+        });
+        return;
+    }
+    let _ = (shared, fut);
+    let msg = "an async procedure, and the server has no runtime (ServerOptions::runtime)";
+    let o = Outcome::Fault(status::CALL_FAILED, msg.into());
+    answer(conn, id, oneway, o);
+}
+
+/// Answers an async call whose future was dropped unfinished.
+#[cfg(feature = "tokio")]
+struct AsyncAnswer {
+    conn: Arc<Conn>,
+    id: u32,
+    oneway: bool,
+    done: bool,
+}
+
+#[cfg(feature = "tokio")]
+impl Drop for AsyncAnswer {
+    fn drop(&mut self) {
+        if !self.done {
+            let msg = "the server method panicked, or the runtime shut down";
+            let o = Outcome::Fault(status::CALL_FAILED, msg.into());
+            answer(&self.conn, self.id, self.oneway, o);
+        }
     }
 }
 

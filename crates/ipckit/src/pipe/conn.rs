@@ -87,6 +87,25 @@ fn waited<T>(r: Option<T>) -> Result<T> {
 }
 
 impl<S: AsFd> Conn<S> {
+    /// A second, independent sender of this connection's frames (over a duplicate of its
+    /// socket), for a writer that must not wait behind a reader, such as an RPC connection
+    /// over a pipe. Only the sender should write from then on: the connection's own writes
+    /// would interleave with it.
+    pub(crate) fn frame_sender(&self) -> Result<FrameSender> {
+        Ok(FrameSender {
+            sock: crate::sys::fd::duplicate(&self.sock)?,
+            pipe_type: self.pipe_type,
+            limit: self.limit,
+            can_write: self.can_write,
+        })
+    }
+
+    /// Whether bytes already received wait in this connection's buffer (a reader must take
+    /// them before it waits for the socket).
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.buffered() > 0
+    }
+
     pub(crate) fn new(
         sock: S,
         side: Side,
@@ -764,5 +783,135 @@ impl<S: AsFd> Conn<S> {
             ));
         }
         Ok(())
+    }
+}
+
+/// Sends data frames of one connection over a duplicate of its socket, apart from the
+/// connection's reading state (see [`Conn::frame_sender`]). It keeps the same framing as
+/// [`Conn::write`]: a message-type pipe gets one frame per send, a byte stream frames within
+/// the pipe's limit. Callers that send from several threads hold one lock around each send.
+#[derive(Debug)]
+pub(crate) struct FrameSender {
+    sock: OwnedFd,
+    pipe_type: PipeType,
+    limit: u32,
+    can_write: bool,
+}
+
+impl FrameSender {
+    /// The socket, to wait on its readiness or shut it down (both act on the connection).
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Sends `parts` as one message (message-type pipe) or as bytes of the stream, waiting as
+    /// needed. Errors as [`Conn::write`]: [`ErrorKind::NoData`] once the other end closed,
+    /// [`ErrorKind::MessageTooLarge`] (sending nothing) for a message over the limit.
+    pub(crate) fn send(&self, parts: &[&[u8]]) -> Result<()> {
+        if !self.can_write {
+            return Err(Error::with_message(
+                ErrorKind::AccessDenied,
+                "this end of the pipe may not write (its open mode is one-way)",
+            ));
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let limit = self.limit as usize;
+        match self.pipe_type {
+            PipeType::Message if total > limit => {
+                return Err(Error::with_message(
+                    ErrorKind::MessageTooLarge,
+                    format!("a {total}-byte message is over this pipe's limit of {limit} bytes"),
+                ));
+            }
+            PipeType::Byte if total == 0 => return Ok(()),
+            _ => {}
+        }
+        if total <= SMALL_WRITE.min(limit) {
+            // Header and payload as one buffer: one plain send.
+            let mut b = [0u8; HEADER_LEN + SMALL_WRITE];
+            b[..HEADER_LEN].copy_from_slice(&frame::data_header(total as u32));
+            let mut at = HEADER_LEN;
+            for p in parts {
+                b[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            return socket::send_all(&self.sock, &[&b[..at]]);
+        }
+        if total <= limit {
+            // One frame: its header and the parts in one vectored send.
+            let h = frame::data_header(total as u32);
+            if let [a, b] = parts {
+                return socket::send_all(&self.sock, &[&h, a, b]);
+            }
+            let mut v: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+            v.push(&h);
+            v.extend_from_slice(parts);
+            return socket::send_all(&self.sock, &v);
+        }
+        // A byte stream over the limit (a message that large was refused above): frames of at
+        // most `limit` bytes.
+        for p in parts {
+            for chunk in p.chunks(limit.max(1)) {
+                socket::send_all(
+                    &self.sock,
+                    &[&frame::data_header(chunk.len() as u32), chunk],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(pipe_type: PipeType, limit: u32) -> (Conn, Conn) {
+        let (a, b) = socket::stream_pair().unwrap();
+        let mode = match pipe_type {
+            PipeType::Byte => ReadMode::Byte,
+            PipeType::Message => ReadMode::Message,
+        };
+        let open = |s, side| Conn::new(s, side, pipe_type, OpenMode::Duplex, mode, limit).unwrap();
+        (open(a, Side::Server), open(b, Side::Client))
+    }
+
+    #[test]
+    fn a_frame_sender_frames_a_byte_stream_within_the_limit() {
+        let (a, mut b) = pair(PipeType::Byte, 100);
+        let s = a.frame_sender().unwrap();
+        let big: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        s.send(&[b"head", &big[..]]).unwrap();
+        s.send(&[b"x", b"yz"]).unwrap();
+        s.send(&[]).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1000];
+        while got.len() < 4 + 700 + 3 {
+            let n = b.read(&mut buf).unwrap();
+            assert!(n > 0 && n <= 100, "a frame over the limit: {n}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"xyz");
+        assert_eq!(got, want);
+        assert!(!b.has_buffered());
+        assert_eq!(b.read_step(&mut buf, false).unwrap(), None);
+        drop((s, a));
+        assert_eq!(b.read(&mut buf).unwrap_err().kind(), ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn a_frame_sender_sends_one_message_per_send() {
+        let (a, mut b) = pair(PipeType::Message, 1000);
+        let s = a.frame_sender().unwrap();
+        let big = vec![7u8; 900];
+        s.send(&[b"ab", b"cd", b"e"]).unwrap();
+        s.send(&[&big[..10], &big[10..]]).unwrap();
+        let e = s.send(&[&big[..], &big[..200]]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MessageTooLarge);
+        assert_eq!(b.read_to_vec().unwrap(), b"abcde");
+        assert_eq!(b.read_to_vec().unwrap(), big);
+        assert_eq!(b.read_step(&mut [0u8; 10], false).unwrap(), None);
     }
 }

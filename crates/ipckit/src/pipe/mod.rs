@@ -127,6 +127,7 @@ use std::time::Duration;
 
 pub use anonymous::{PipeReader, PipeWriter, anonymous_pipe};
 pub use client::{ClientOptions, NamedPipeClient, call_named_pipe, wait_named_pipe};
+pub(crate) use conn::FrameSender;
 pub use describe::{PipeStatus, describe, describe_shared};
 /// Shared with the mailslots, whose folder is locked the same way.
 pub(crate) use registry::folder_lock;
@@ -298,6 +299,24 @@ macro_rules! pipe_io_methods {
         /// Like [`transact`](Self::transact), returning the whole reply.
         pub fn transact_message(&mut self, request: &[u8]) -> crate::Result<Vec<u8>> {
             self.conn()?.transact_to_vec(request)
+        }
+
+        /// Reads in the current read mode without waiting: `Ok(None)` when nothing is there
+        /// yet. Then the socket was read dry (what arrived of a frame waits in the buffer), so
+        /// a readiness wait on it sleeps until more comes.
+        pub(crate) fn read_now(&mut self, buf: &mut [u8]) -> crate::Result<Option<usize>> {
+            self.conn()?.read_step(buf, false)
+        }
+
+        /// Whether received bytes wait in the buffer (read them before waiting on the socket).
+        pub(crate) fn has_buffered(&mut self) -> bool {
+            self.conn().is_ok_and(|c| c.has_buffered())
+        }
+
+        /// A sender of this connection's frames that works apart from its reads (see
+        /// `Conn::frame_sender`); this end should not write itself from then on.
+        pub(crate) fn frame_sender(&mut self) -> crate::Result<crate::pipe::FrameSender> {
+            self.conn()?.frame_sender()
         }
     };
 }

@@ -1,7 +1,6 @@
 //! The carriers under RPC connections: Unix stream sockets (`ncalrpc`), TCP (`ncacn_ip_tcp`)
 //! and ipckit named pipes (`ncacn_np`), behind one small interface.
 
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,7 +15,8 @@ use crate::sys::{fd, socket, tcp};
 /// `RPC_S_DUPLICATE_ENDPOINT`.
 const DUPLICATE_ENDPOINT: u32 = 1740;
 
-/// A connection's byte stream.
+/// A connection's byte stream. Every link is full duplex: a thread blocked in `recv` never
+/// holds up another one's `send`.
 pub(crate) trait Link: Send + Sync + 'static {
     /// Sends the parts as one frame (frames from several threads never interleave).
     fn send(&self, parts: &[&[u8]]) -> Result<()>;
@@ -24,7 +24,8 @@ pub(crate) trait Link: Send + Sync + 'static {
     fn recv(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>>;
     /// Ends the connection both ways (a thread blocked in `recv` wakes with the end).
     fn shutdown(&self);
-    /// Whether sends and receives may run at the same time from different threads.
+    /// Whether sends and receives may run at the same time from different threads: true of
+    /// every link here, pipes included.
     fn full_duplex(&self) -> bool {
         true
     }
@@ -63,84 +64,109 @@ impl Link for SockLink {
     }
 }
 
-/// Either end of an ipckit named pipe: calls on one connection take turns.
+/// Either end of an ipckit named pipe, full duplex: the end itself reads (one reader at a
+/// time), a [`FrameSender`](crate::pipe::FrameSender) over a duplicate of its socket sends, so a
+/// thread waiting for frames never holds up one that sends, and calls on one connection run at
+/// the same time as over a socket. Waits with a timeout sleep in `poll(2)` on the socket,
+/// holding no lock.
 pub(crate) struct PipeLink<P> {
     pipe: Mutex<P>,
+    sender: crate::pipe::FrameSender,
+    send_lock: Mutex<()>,
 }
 
-pub(crate) trait PipeEnd: Read + Write + Send + 'static {
-    fn available(&mut self) -> Result<usize>;
-    fn close(&mut self);
+/// The reading side of a pipe end, as [`PipeLink`] needs it.
+pub(crate) trait PipeEnd: Send + 'static {
+    /// A blocking read in the end's read mode.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize>;
+    /// A read that does not wait: `Ok(None)` when the socket has nothing more now.
+    fn read_now(&mut self, buf: &mut [u8]) -> Result<Option<usize>>;
+    /// Whether received bytes wait in the end's buffer.
+    fn has_buffered(&mut self) -> bool;
+    /// The sender of the end's frames.
+    fn frame_sender(&mut self) -> Result<crate::pipe::FrameSender>;
 }
 
-impl PipeEnd for crate::pipe::NamedPipeClient {
-    fn available(&mut self) -> Result<usize> {
-        self.peek(&mut []).map(|p| p.available)
-    }
-    fn close(&mut self) {}
+macro_rules! pipe_end {
+    ($t:ty) => {
+        impl PipeEnd for $t {
+            fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+                <$t>::read(self, buf)
+            }
+            fn read_now(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+                <$t>::read_now(self, buf)
+            }
+            fn has_buffered(&mut self) -> bool {
+                <$t>::has_buffered(self)
+            }
+            fn frame_sender(&mut self) -> Result<crate::pipe::FrameSender> {
+                <$t>::frame_sender(self)
+            }
+        }
+    };
 }
+pipe_end!(crate::pipe::NamedPipeClient);
+pipe_end!(crate::pipe::NamedPipeServer);
 
-impl PipeEnd for crate::pipe::NamedPipeServer {
-    fn available(&mut self) -> Result<usize> {
-        self.peek(&mut []).map(|p| p.available)
-    }
-    fn close(&mut self) {
-        let _ = self.disconnect();
+/// A read's result for [`Link::recv`]: the end of the pipe is `Ok(0)`.
+fn at_end(r: Result<usize>) -> Result<usize> {
+    match r {
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(0),
+        r => r,
     }
 }
 
 impl<P: PipeEnd> PipeLink<P> {
-    pub(crate) fn new(p: P) -> PipeLink<P> {
-        PipeLink {
+    /// Takes a connected end (a server instance with its client, or a client).
+    pub(crate) fn new(mut p: P) -> Result<PipeLink<P>> {
+        let sender = p.frame_sender()?;
+        Ok(PipeLink {
             pipe: Mutex::new(p),
-        }
+            sender,
+            send_lock: Mutex::new(()),
+        })
     }
 }
 
 impl<P: PipeEnd> Link for PipeLink<P> {
     fn send(&self, parts: &[&[u8]]) -> Result<()> {
-        let mut p = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
-        if parts.len() > 1 && parts.iter().map(|x| x.len()).sum::<usize>() <= 64 * 1024 {
-            p.write_all(&parts.concat()).map_err(Error::from)?;
-        } else {
-            for part in parts {
-                p.write_all(part).map_err(Error::from)?;
-            }
-        }
-        Ok(())
+        let _g = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.sender.send(parts)
     }
     fn recv(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>> {
         let Some(t) = timeout else {
+            // Waits in the socket call, holding only the reading side; `shutdown` wakes it.
             let mut p = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
-            return Ok(Some(p.read(buf).map_err(Error::from)?));
+            return at_end(p.read(buf)).map(Some);
         };
-        // Pipes have no readiness wait here: look, then sleep briefly, until the deadline.
         let deadline = Instant::now() + t;
-        let mut nap = Duration::from_micros(50);
+        // Look first only when bytes are buffered: otherwise the socket has nothing yet (the
+        // last read left it dry) and the wait comes first.
+        let mut look = self
+            .pipe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .has_buffered();
         loop {
-            {
+            if look {
                 let mut p = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
-                match p.available() {
-                    Ok(0) => {}
-                    Ok(_) => return Ok(Some(p.read(buf).map_err(Error::from)?)),
-                    Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(Some(0)),
-                    Err(e) => return Err(e),
+                match p.read_now(buf) {
+                    Ok(Some(n)) => return Ok(Some(n)),
+                    // Only part of a frame, or empty frames, came: the socket is dry again, so
+                    // the wait below sleeps until more arrives (no spinning).
+                    Ok(None) => {}
+                    Err(e) => return at_end(Err(e)).map(Some),
                 }
             }
-            if Instant::now() >= deadline {
+            look = true;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if socket::wait_readable(&[self.sender.fd()], Some(left))?.is_none() {
                 return Ok(None);
             }
-            std::thread::sleep(nap.min(deadline.saturating_duration_since(Instant::now())));
-            nap = (nap * 2).min(Duration::from_millis(5));
         }
     }
     fn shutdown(&self) {
-        if let Ok(mut p) = self.pipe.try_lock() {
-            p.close();
-        }
-    }
-    fn full_duplex(&self) -> bool {
-        false
+        socket::shutdown(self.sender.fd(), true, true);
     }
 }
 
@@ -234,7 +260,7 @@ pub(crate) fn connect(
                     }
                     _ => e,
                 })?;
-            Ok(Box::new(PipeLink::new(client)))
+            Ok(Box::new(PipeLink::new(client)?))
         }
     }
 }

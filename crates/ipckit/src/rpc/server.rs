@@ -576,7 +576,10 @@ fn pipe_loop(
                     address: None,
                     peer_certificate: None,
                 };
-                spawn_conn(&shared, Box::new(PipeLink::new(server)), caller);
+                match PipeLink::new(server) {
+                    Ok(l) => spawn_conn(&shared, Box::new(l), caller),
+                    Err(e) => tracing::warn!("rpc: cannot serve a client of {name}: {e}"),
+                }
             }
             Err(e) if e.kind() == ErrorKind::Timeout => inst = Some(server),
             Err(e) => {
@@ -760,23 +763,17 @@ fn rescue(shared: &Arc<Shared>, conn: &Arc<Conn>) {
     conn.rescuing.store(false, Ordering::Release);
 }
 
-/// Reads and handles frames. Calls go to the pool, or (not `rescuing`, a full-duplex link, and
-/// nothing else received) come back to run on this thread. A rescuer gives the reading back
-/// once the connection's thread has finished its call.
+/// Reads and handles frames. Calls go to the pool, or (not `rescuing`, and nothing else
+/// received) come back to run on this thread. A rescuer gives the reading back once the
+/// connection's thread has finished its call.
 fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, dec: &mut Decoder, rescuing: bool) -> Flow {
-    let inline = !conn.link.full_duplex();
     loop {
         if rescuing && conn.inline_since.load(Ordering::Acquire) == 0 {
             return Flow::GiveBack;
         }
-        // Pipes take turns between reading and writing, so their connections look up now and
-        // then to notice a stop; sockets wake from `recv` when `stop` shuts them down. A rescuer
-        // looks every millisecond whether to give the reading back.
-        let wait = if rescuing {
-            Some(RESCUE_AFTER)
-        } else {
-            inline.then_some(Duration::from_millis(50))
-        };
+        // Every link wakes from `recv` when `stop` shuts it down. A rescuer looks every
+        // millisecond whether to give the reading back.
+        let wait = rescuing.then_some(RESCUE_AFTER);
         let mut timed_out = false;
         match dec.fill(|buf| {
             conn.link.recv(buf, wait).map(|n| {
@@ -857,9 +854,7 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, dec: &mut Decoder, rescui
                     let sh = shared.clone();
                     let c = conn.clone();
                     let job = move || run_call(&sh, &c, call, deadline, cancelled);
-                    if inline {
-                        job();
-                    } else if !rescuing && dec.is_drained() {
+                    if !rescuing && dec.is_drained() {
                         return Flow::Inline(Box::new(job));
                     } else {
                         shared.pool.submit(Box::new(job));

@@ -463,7 +463,7 @@ fn timeouts_cancel_the_call_on_the_server_and_the_connection_goes_on() {
 
 /// A long call on a connection does not hold up that connection's other calls: the server
 /// runs a call on the connection's own thread only while it is short, and reads on beside it
-/// once it runs long (over sockets; on pipes calls of one connection take turns).
+/// once it runs long (over sockets and pipes alike).
 #[test]
 fn a_long_call_does_not_hold_up_other_calls_on_its_connection() {
     let t = test_case!();
@@ -488,7 +488,7 @@ fn a_long_call_does_not_hold_up_other_calls_on_its_connection() {
         Ok(())
     });
     let server = Server::new(server_opts(&t), vec![CalcServer::new(CalcImpl::default())]);
-    for b in [bindings(&server)[0].clone(), bindings(&server)[2].clone()] {
+    for b in bindings(&server) {
         let mut p = t.spawn("client").arg(&b).start();
         p.expect("42 true 1500", T).unwrap();
         assert!(p.wait_timeout(T).unwrap().success(), "{b}: {}", p.report());
@@ -625,5 +625,72 @@ fn graceful_stop_answers_running_calls_then_closes() {
         );
         p.expect("ServerUnavailable:1722", T).unwrap();
         p.wait_timeout(T).unwrap();
+    }
+}
+
+/// Two calls that can only finish together: each `meet` waits (up to 20 s) for the other
+/// call of its round to arrive at the server.
+#[rpc::interface(uuid = "5b7e2d90-3c1a-4f08-a6e4-91d2c0b8f317", version = "1.0")]
+pub trait Rendezvous {
+    /// Arrives at `round`'s meeting point and waits there for the other call: whether it came.
+    fn meet(&self, round: u32) -> bool;
+}
+
+#[derive(Default)]
+struct RendezvousImpl {
+    arrived: Mutex<std::collections::HashMap<u32, u32>>,
+    cv: std::sync::Condvar,
+}
+
+impl Rendezvous for RendezvousImpl {
+    fn meet(&self, round: u32) -> bool {
+        let mut a = self.arrived.lock().unwrap();
+        *a.entry(round).or_default() += 1;
+        self.cv.notify_all();
+        let (a, _) = self
+            .cv
+            .wait_timeout_while(a, Duration::from_secs(20), |a| a[&round] < 2)
+            .unwrap();
+        a[&round] >= 2
+    }
+}
+
+/// Calls on one connection run at the same time over every protocol sequence, named pipes
+/// included: two calls from two threads over one client meet on the server, which only
+/// happens if both run at once (calls that took turns would each give up after 20 s).
+#[test]
+fn calls_on_one_connection_run_at_the_same_time_over_each_protocol_sequence() {
+    let t = test_case!();
+    t.role("client", |ctx| {
+        let round: u32 = ctx.arg(1).unwrap().parse()?;
+        let o = client_opts(ctx).timeout(T);
+        let c = RendezvousClient::connect_with(&o, ctx.arg(0).unwrap())?;
+        let other = {
+            let c = c.clone();
+            std::thread::spawn(move || c.meet(round))
+        };
+        let mine = code(c.meet(round));
+        let theirs = code(other.join().map_err(|_| "the other call panicked")?);
+        ctx.send_str(&format!("{mine} {theirs}"))?;
+        Ok(())
+    });
+    let server = Server::new(
+        server_opts(&t),
+        vec![RendezvousServer::new(RendezvousImpl::default())],
+    );
+    let lrpc = format!("ncalrpc:[{}]", unique_name("meet"));
+    let np = format!(r"ncacn_np:\\.[\pipe\{}]", unique_name("meet"));
+    let bs = [
+        server.listen(&np).unwrap().to_string(),
+        server.listen(&lrpc).unwrap().to_string(),
+        server
+            .listen("ncacn_ip_tcp:127.0.0.1[0]")
+            .unwrap()
+            .to_string(),
+    ];
+    for (round, b) in bs.iter().enumerate() {
+        let mut p = t.spawn("client").arg(b).arg(round.to_string()).start();
+        p.expect("ok:true ok:true", T).unwrap();
+        assert!(p.wait_timeout(T).unwrap().success(), "{b}: {}", p.report());
     }
 }

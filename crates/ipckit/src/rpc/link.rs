@@ -68,7 +68,9 @@ impl Link for SockLink {
 /// time), a [`FrameSender`](crate::pipe::FrameSender) over a duplicate of its socket sends, so a
 /// thread waiting for frames never holds up one that sends, and calls on one connection run at
 /// the same time as over a socket. Waits with a timeout sleep in `poll(2)` on the socket,
-/// holding no lock.
+/// holding no lock; a wait without one blocks in the socket call holding the reading side only
+/// (RPC's readers take turns by themselves: the server's reader of a connection, the client's
+/// caller that holds the decoder).
 pub(crate) struct PipeLink<P> {
     pipe: Mutex<P>,
     sender: crate::pipe::FrameSender,
@@ -140,8 +142,8 @@ impl<P: PipeEnd> Link for PipeLink<P> {
             return at_end(p.read(buf)).map(Some);
         };
         let deadline = Instant::now() + t;
-        // Look first only when bytes are buffered: otherwise the socket has nothing yet (the
-        // last read left it dry) and the wait comes first.
+        // Look first only when bytes are buffered: otherwise anything new is in the socket,
+        // and the wait (which returns at once then) comes first.
         let mut look = self
             .pipe
             .lock()

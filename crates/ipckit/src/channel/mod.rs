@@ -58,7 +58,7 @@ mod lane;
 pub use duplex::{Request, Requester, Responder};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -452,6 +452,8 @@ struct Shared {
     region: MappedRegion,
     geometry: Geometry,
     _object: ObjectHandle,
+    /// This end was closed by a [`Closer`] (process-local, not in the mapping).
+    closed: AtomicBool,
 }
 
 // Header words (byte offsets).
@@ -494,6 +496,7 @@ impl Shared {
             region,
             geometry,
             _object: object,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -660,6 +663,14 @@ trait WaitSide {
     fn peer_alive(&mut self) -> bool;
     /// The futex word the peer rings.
     fn bell(&self) -> &AtomicU32;
+    /// The peer detached (pid words only, no system call): checked after every wake-up.
+    fn peer_left(&self) -> bool;
+    /// This end's [`Closer`] closed it.
+    fn closed(&self) -> bool;
+}
+
+fn closed_error() -> Error {
+    Error::with_message(ErrorKind::BrokenPipe, "the channel end was closed")
 }
 
 /// Shared waiting loop: spin (per mode and placement), then sleep on the side's bell, checking at
@@ -704,6 +715,11 @@ fn wait_until<W: WaitSide>(
             std::thread::yield_now();
         } else {
             let seen = side.bell().load(Ordering::SeqCst);
+            // After loading the bell: a close that comes later also rings it, so the wait below
+            // cannot miss it.
+            if side.closed() {
+                return Err(closed_error());
+            }
             if side.announce() {
                 side.awake();
             } else {
@@ -716,6 +732,19 @@ fn wait_until<W: WaitSide>(
             if let Some(v) = side.ready()? {
                 return Ok(v);
             }
+        }
+        if side.closed() {
+            return Err(closed_error());
+        }
+        if side.peer_left() {
+            // One last look: the peer may have sent just before it left.
+            if let Some(v) = side.ready()? {
+                return Ok(v);
+            }
+            return Err(Error::with_message(
+                ErrorKind::PeerGone,
+                "the peer detached from the channel",
+            ));
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -780,6 +809,13 @@ impl WaitSide for TxWait<'_> {
     }
     fn bell(&self) -> &AtomicU32 {
         self.shared.space_bell(self.lane)
+    }
+    fn peer_left(&self) -> bool {
+        self.shared.consumers_seen().load(Ordering::SeqCst) > 0
+            && self.shared.consumer_endpoint().pid.load(Ordering::Acquire) == 0
+    }
+    fn closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
     }
 }
 
@@ -942,6 +978,45 @@ impl Sender {
                 .producer_endpoint(self.lane)
                 .cpu
                 .store(current_cpu(), Ordering::Relaxed);
+        }
+    }
+}
+
+impl Sender {
+    /// A handle that closes this end from another thread (see [`Closer`]).
+    pub fn closer(&self) -> Closer {
+        Closer {
+            shared: self.shared.clone(),
+            bell: Bell::Space(self.lane),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Bell {
+    Door,
+    Space(usize),
+}
+
+/// Closes one end of a channel from another thread: a wait of that end (for a message, or for
+/// room) in progress or to come fails with [`ErrorKind::BrokenPipe`]. Messages already queued
+/// can still be taken without waiting. The peer is not told; dropping the end tells it.
+///
+/// Windows counterpart: `CancelIoEx` on a handle another thread waits on, or closing that
+/// handle. Difference: the end stays attached until it is dropped.
+#[derive(Debug, Clone)]
+pub struct Closer {
+    shared: Arc<Shared>,
+    bell: Bell,
+}
+
+impl Closer {
+    /// Closes the end and wakes its waiter.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        match self.bell {
+            Bell::Door => ring(self.shared.doorbell()),
+            Bell::Space(lane) => ring(self.shared.space_bell(lane)),
         }
     }
 }
@@ -1118,6 +1193,12 @@ impl WaitSide for RxWait<'_> {
     fn bell(&self) -> &AtomicU32 {
         self.shared.doorbell()
     }
+    fn peer_left(&self) -> bool {
+        self.shared.producers_seen().load(Ordering::SeqCst) > 0 && !self.shared.producers_attached()
+    }
+    fn closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
 }
 
 /// Where the next message is.
@@ -1133,6 +1214,14 @@ impl Receiver {
     /// The channel's geometry.
     pub fn geometry(&self) -> Geometry {
         self.shared.geometry
+    }
+
+    /// A handle that closes this end from another thread (see [`Closer`]).
+    pub fn closer(&self) -> Closer {
+        Closer {
+            shared: self.shared.clone(),
+            bell: Bell::Door,
+        }
     }
 
     /// Messages queued now, over all lanes.

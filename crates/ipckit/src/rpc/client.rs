@@ -110,7 +110,7 @@ impl ClientOptions {
         let tls = self.tls.as_ref();
         #[cfg(not(feature = "tls"))]
         let tls = None;
-        let link = link::connect(&b, &ns, self.connect_timeout, tls)?;
+        let link = link::connect(&b, &ns, self.connect_timeout, tls, true)?;
         let mut proto = ClientProto::new(interface, self.max_body);
         let bind = proto.bind();
         link.send(&[&bind]).map_err(|e| lost(&b, e, false))?;

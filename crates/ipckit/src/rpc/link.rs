@@ -213,13 +213,14 @@ pub(crate) enum ClientTls {}
 
 /// Connects a client to `b` (which has an endpoint); over TCP with `tls`, the TLS handshake
 /// too, all within `timeout`.
+/// `local_shm`: on `ncalrpc`, ask the server to move the connection to shared memory.
 pub(crate) fn connect(
     b: &Binding,
     ns: &Namespace,
     timeout: Duration,
     tls: Option<&ClientTls>,
+    local_shm: bool,
 ) -> Result<Box<dyn Link>> {
-    #[cfg(feature = "tls")]
     let deadline = Instant::now() + timeout;
     let ep = b.endpoint().unwrap_or_default();
     match b.protseq() {
@@ -227,7 +228,14 @@ pub(crate) fn connect(
             let dir = lrpc_dir(ns)?;
             let fd = socket::connect_at(&dir, dir.path(), &lrpc_component(ep))
                 .map_err(|e| unavailable(b, e))?;
-            Ok(Box::new(SockLink::new(fd)))
+            if !local_shm {
+                return Ok(Box::new(SockLink::new(fd)));
+            }
+            match super::shm::client_upgrade(&fd, ns, deadline) {
+                Ok(Some(shm)) => Ok(Box::new(super::shm::LrpcClientLink::new(shm, fd))),
+                Ok(None) => Ok(Box::new(SockLink::new(fd))),
+                Err(e) => Err(unavailable(b, e)),
+            }
         }
         Protseq::Tcp => {
             let port: u16 = ep.parse().map_err(|_| unavailable(b, "bad port"))?;

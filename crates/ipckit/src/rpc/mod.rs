@@ -24,6 +24,7 @@ mod context;
 mod link;
 pub mod proto;
 mod server;
+mod shm;
 #[cfg(feature = "tls")]
 mod tls;
 mod uuid;

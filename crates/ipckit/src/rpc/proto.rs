@@ -218,9 +218,13 @@ impl Frame {
 /// with a fault and go on with the connection.
 #[derive(Debug)]
 pub struct Decoder {
+    /// Received bytes are `buf[start..end]`; `buf[end..]` is zeroed room kept for the next
+    /// reads (so that it is not zeroed again on every read).
     buf: Vec<u8>,
     /// Start of unconsumed bytes in `buf`.
     start: usize,
+    /// End of received bytes in `buf`.
+    end: usize,
     max_body: u32,
     /// Bytes of an oversized body still to discard.
     skip: u64,
@@ -228,6 +232,9 @@ pub struct Decoder {
 
 /// Bytes read at a time while no frame header says how much is coming.
 const READ_CHUNK: usize = 64 * 1024;
+/// A frame at least this long that fills the whole buffer is handed over with the buffer
+/// itself rather than copied out.
+const HAND_OVER: usize = 64 * 1024;
 
 impl Decoder {
     /// A decoder accepting bodies of up to `max_body` bytes (capped at [`MAX_BODY_LIMIT`]).
@@ -235,6 +242,7 @@ impl Decoder {
         Decoder {
             buf: Vec::new(),
             start: 0,
+            end: 0,
             max_body: max_body.min(MAX_BODY_LIMIT),
             skip: 0,
         }
@@ -247,7 +255,7 @@ impl Decoder {
 
     /// Whether nothing received is left to decode (no buffered bytes, nothing to discard).
     pub fn is_drained(&self) -> bool {
-        self.buf.len() == self.start && self.skip == 0
+        self.end == self.start && self.skip == 0
     }
 
     /// Appends received bytes.
@@ -258,7 +266,9 @@ impl Decoder {
             data = &data[n..];
         }
         self.compact();
+        self.buf.truncate(self.end);
         self.buf.extend_from_slice(data);
+        self.end = self.buf.len();
     }
 
     /// Lets `read` write received bytes straight into the decoder's buffer (at most what the
@@ -266,11 +276,13 @@ impl Decoder {
     /// returned. `read` returning 0 means the end of the stream and adds nothing.
     pub fn fill(&mut self, read: impl FnOnce(&mut [u8]) -> Result<usize>) -> Result<usize> {
         self.compact();
-        let have = self.buf.len() - self.start;
+        let have = self.end - self.start;
         if self.skip > 0 {
             let want = self.skip.min(READ_CHUNK as u64) as usize;
-            let mut scratch = vec![0u8; want];
-            let n = read(&mut scratch)?;
+            if self.buf.len() < self.end + want {
+                self.buf.resize(self.end + want, 0);
+            }
+            let n = read(&mut self.buf[self.end..self.end + want])?;
             let n = n.min(want);
             self.skip -= n as u64;
             return Ok(n);
@@ -288,24 +300,25 @@ impl Decoder {
             READ_CHUNK.max(HEADER_LEN - have)
         }
         .max(READ_CHUNK.min(4096));
-        let old = self.buf.len();
-        self.buf.resize(old + want, 0);
-        let r = read(&mut self.buf[old..]);
+        let old = self.end;
+        if self.buf.len() < old + want {
+            self.buf.resize(old + want, 0);
+        }
+        let r = read(&mut self.buf[old..old + want]);
         let n = match &r {
             Ok(n) => (*n).min(want),
             Err(_) => 0,
         };
-        self.buf.truncate(old + n);
+        self.end = old + n;
         r.map(|_| n)
     }
 
     fn compact(&mut self) {
         if self.start > 0 {
-            if self.start == self.buf.len() {
-                self.buf.clear();
-            } else {
-                self.buf.drain(..self.start);
+            if self.start < self.end {
+                self.buf.copy_within(self.start..self.end, 0);
             }
+            self.end -= self.start;
             self.start = 0;
         }
     }
@@ -313,7 +326,7 @@ impl Decoder {
     /// The next complete frame, `Ok(None)` when more bytes are needed. An error (bad magic,
     /// version or type) means the stream cannot be resynchronised: close the connection.
     pub fn next_frame(&mut self) -> Result<Option<Frame>> {
-        let have = self.buf.len() - self.start;
+        let have = self.end - self.start;
         if have < HEADER_LEN {
             return Ok(None);
         }
@@ -333,14 +346,22 @@ impl Decoder {
         }
         let total = HEADER_LEN + header.len as usize;
         if have < total {
-            self.buf.reserve(total - have);
             return Ok(None);
         }
-        let bytes = if self.start == 0 && self.buf.len() == total {
-            std::mem::take(&mut self.buf)
+        let bytes = if self.start == 0 && self.end == total && total >= HAND_OVER {
+            let mut b = std::mem::take(&mut self.buf);
+            b.truncate(total);
+            self.end = 0;
+            b
         } else {
             let b = self.buf[self.start..self.start + total].to_vec();
             self.start += total;
+            // Room kept after an exceptionally large frame is given back once drained.
+            if self.start == self.end && self.buf.len() > 4 * HAND_OVER.max(READ_CHUNK) * 16 {
+                self.buf = Vec::new();
+                self.start = 0;
+                self.end = 0;
+            }
             b
         };
         Ok(Some(Frame {

@@ -500,7 +500,13 @@ fn accept_loop(shared: Arc<Shared>, listener: SockListener, wake: OwnedFd) {
                     spawn_tls_conn(&shared, tls.clone(), fd, caller);
                     continue;
                 }
-                spawn_conn(&shared, Box::new(SockLink::new(fd)), caller);
+                let link: Box<dyn Link> = match listener.protseq {
+                    Protseq::Local => {
+                        Box::new(super::shm::LrpcServerLink::new(fd, shared.ns.clone(), true))
+                    }
+                    _ => Box::new(SockLink::new(fd)),
+                };
+                spawn_conn(&shared, link, caller);
             }
             Ok(None) => {}
             Err(e) => {

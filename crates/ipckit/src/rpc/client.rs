@@ -29,6 +29,7 @@ pub struct ClientOptions {
     connect_timeout: Duration,
     max_body: u32,
     namespace: Option<Namespace>,
+    local_shm: bool,
     #[cfg(feature = "tls")]
     tls: Option<super::TlsClientConfig>,
 }
@@ -40,6 +41,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             max_body: 16 << 20,
             namespace: None,
+            local_shm: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -71,6 +73,17 @@ impl ClientOptions {
     /// The namespace of `ncalrpc` and `ncacn_np` endpoints (default: the user's).
     pub fn namespace(mut self, ns: Namespace) -> Self {
         self.namespace = Some(ns);
+        self
+    }
+    /// Whether an `ncalrpc` connection asks the server to move to shared memory (default: yes).
+    /// Over shared memory a call makes no system call while both ends run on different CPUs,
+    /// and a single futex wake-up otherwise; the server may decline, and then the connection
+    /// stays on its Unix socket (as it does with `false`). Wire details: `docs/protocol/rpc.md`
+    /// section 1.2.
+    ///
+    /// Windows has no such switch (`ncalrpc` is ALPC there, the kernel's fast local path).
+    pub fn local_shared_memory(mut self, yes: bool) -> Self {
+        self.local_shm = yes;
         self
     }
     /// Speaks TLS (1.2 or 1.3, rustls) on `ncacn_ip_tcp` connections, verifying the server as
@@ -110,7 +123,7 @@ impl ClientOptions {
         let tls = self.tls.as_ref();
         #[cfg(not(feature = "tls"))]
         let tls = None;
-        let link = link::connect(&b, &ns, self.connect_timeout, tls, true)?;
+        let link = link::connect(&b, &ns, self.connect_timeout, tls, self.local_shm)?;
         let mut proto = ClientProto::new(interface, self.max_body);
         let bind = proto.bind();
         link.send(&[&bind]).map_err(|e| lost(&b, e, false))?;

@@ -60,6 +60,7 @@ pub struct ServerOptions {
     max_body: u32,
     call_timeout: Option<Duration>,
     namespace: Option<Namespace>,
+    local_shm: bool,
     #[cfg(feature = "tls")]
     tls: Option<super::TlsServerConfig>,
     #[cfg(feature = "tokio")]
@@ -74,6 +75,7 @@ impl Default for ServerOptions {
             max_body: 16 << 20,
             call_timeout: None,
             namespace: None,
+            local_shm: true,
             #[cfg(feature = "tls")]
             tls: None,
             #[cfg(feature = "tokio")]
@@ -115,6 +117,14 @@ impl ServerOptions {
     /// environment).
     pub fn namespace(mut self, ns: Namespace) -> Self {
         self.namespace = Some(ns);
+        self
+    }
+    /// Whether `ncalrpc` connections may move to shared memory when the client asks (default:
+    /// yes). With `false` every `ncalrpc` connection stays on its Unix socket.
+    ///
+    /// Windows has no such switch (`ncalrpc` is ALPC there, the kernel's fast local path).
+    pub fn local_shared_memory(mut self, yes: bool) -> Self {
+        self.local_shm = yes;
         self
     }
     /// Speaks TLS (1.2 or 1.3, rustls) on every `ncacn_ip_tcp` endpoint of this server, with
@@ -501,9 +511,11 @@ fn accept_loop(shared: Arc<Shared>, listener: SockListener, wake: OwnedFd) {
                     continue;
                 }
                 let link: Box<dyn Link> = match listener.protseq {
-                    Protseq::Local => {
-                        Box::new(super::shm::LrpcServerLink::new(fd, shared.ns.clone(), true))
-                    }
+                    Protseq::Local => Box::new(super::shm::LrpcServerLink::new(
+                        fd,
+                        shared.ns.clone(),
+                        shared.opts.local_shm,
+                    )),
                     _ => Box::new(SockLink::new(fd)),
                 };
                 spawn_conn(&shared, link, caller);

@@ -1,0 +1,253 @@
+//! `ncalrpc` over shared memory, across real processes: a connection moves onto a pair of
+//! channels (visible as kernel objects while it lives, gone when its client is SIGKILLed),
+//! carries frames larger than a slot both ways, falls back to the socket when either side
+//! declines, and hostile rendezvous bytes end only their own connection.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::{ctx_ns, ensure, ns_of, object_files};
+use ipckit::rpc::{self, ClientOptions, Server, ServerOptions};
+use ipckit_testkit::{TestCase, test_case, unique_name, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+#[rpc::interface(uuid = "0b7d3c52-91e4-4c0a-a0f3-5d2e6b8c1f47", version = "1.0")]
+pub trait Echo {
+    /// The bytes back, reversed.
+    fn reverse(&self, data: Vec<u8>) -> Vec<u8>;
+    /// The caller's pid as the server sees it.
+    fn pid(&self, ctx: &rpc::CallContext) -> Option<u32>;
+}
+
+struct EchoImpl;
+
+impl Echo for EchoImpl {
+    fn reverse(&self, mut data: Vec<u8>) -> Vec<u8> {
+        data.reverse();
+        data
+    }
+    fn pid(&self, ctx: &rpc::CallContext) -> Option<u32> {
+        ctx.caller().pid
+    }
+}
+
+/// The side files of the channels RPC connections use.
+fn rpc_channels(t: &TestCase) -> Vec<String> {
+    object_files(&ns_of(t))
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.contains("/object/") && p.contains("ipckit-rpc-"))
+        .collect()
+}
+
+fn client_role(t: &TestCase) {
+    t.role("client", |ctx| {
+        let shm = ctx.arg(1).unwrap() == "shm";
+        let o = ClientOptions::new()
+            .namespace(ctx_ns(ctx))
+            .local_shared_memory(shm);
+        let c = EchoClient::connect_with(&o, ctx.arg(0).unwrap())?;
+        ensure(c.pid()? == Some(std::process::id()), "caller pid")?;
+        // Empty, one slot, one byte over a slot, many slots (both ways).
+        for (i, len) in [0usize, 100, 64 * 1024, 64 * 1024 + 1, 3 << 20]
+            .into_iter()
+            .enumerate()
+        {
+            let data = common::pattern(len, i as u64);
+            let mut want = data.clone();
+            want.reverse();
+            ensure(c.reverse(data)? == want, format!("reverse {len}"))?;
+        }
+        // Concurrent calls from several threads on the one connection.
+        let threads: Vec<_> = (0..4u64)
+            .map(|k| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    (0..200u64).all(|i| {
+                        let data = common::pattern((i * 37 % 5000) as usize, k * 1000 + i);
+                        let mut want = data.clone();
+                        want.reverse();
+                        c.reverse(data).ok() == Some(want)
+                    })
+                })
+            })
+            .collect();
+        for th in threads {
+            ensure(th.join().map_err(|_| "panic")?, "concurrent calls")?;
+        }
+        ctx.send_str("ok")?;
+        std::thread::sleep(T * 2);
+        Ok(())
+    });
+}
+
+#[test]
+fn ncalrpc_connections_move_to_shared_memory_and_leave_nothing_behind() {
+    let t = test_case!();
+    client_role(&t);
+    let server = Server::new(
+        ServerOptions::new().namespace(ns_of(&t)),
+        vec![EchoServer::new(EchoImpl)],
+    );
+    let b = server
+        .listen(&format!("ncalrpc:[{}]", unique_name("shm")))
+        .unwrap()
+        .to_string();
+    assert!(rpc_channels(&t).is_empty());
+    let mut p = t.spawn("client").arg(&b).arg("shm").start();
+    p.expect("ok", T).unwrap();
+    // One channel per direction, each with the client attached at one end.
+    let chans = rpc_channels(&t);
+    assert_eq!(chans.len(), 2, "{chans:?}");
+    let infos: Vec<_> = chans
+        .iter()
+        .map(|path| {
+            let comp = path.rsplit('/').next().unwrap();
+            let name = format!(r"Local\{comp}");
+            ipckit::channel::describe(&ns_of(&t), &name).unwrap()
+        })
+        .collect();
+    let me = std::process::id();
+    let mut ends: Vec<(Option<u32>, Vec<u32>)> = infos
+        .iter()
+        .map(|i| (i.receiver, i.senders.clone()))
+        .collect();
+    ends.sort();
+    let mut want = vec![(Some(me), vec![p.pid()]), (Some(p.pid()), vec![me])];
+    want.sort();
+    assert_eq!(ends, want);
+    p.kill().unwrap();
+    assert!(
+        wait_for(T, || server.connections() == 0),
+        "the server notices the dead client"
+    );
+    assert!(
+        wait_for(T, || rpc_channels(&t).is_empty()),
+        "channels left: {:?}",
+        rpc_channels(&t)
+    );
+    server.stop();
+}
+
+#[test]
+fn either_side_may_keep_ncalrpc_on_the_socket() {
+    let t = test_case!();
+    client_role(&t);
+    for (server_shm, client_shm) in [(false, true), (true, false)] {
+        let server = Server::new(
+            ServerOptions::new()
+                .namespace(ns_of(&t))
+                .local_shared_memory(server_shm),
+            vec![EchoServer::new(EchoImpl)],
+        );
+        let b = server
+            .listen(&format!("ncalrpc:[{}]", unique_name("sock")))
+            .unwrap()
+            .to_string();
+        let mode = if client_shm { "shm" } else { "socket" };
+        let mut p = t.spawn("client").arg(&b).arg(mode).start();
+        p.expect("ok", T).unwrap();
+        assert!(rpc_channels(&t).is_empty(), "{server_shm} {client_shm}");
+        assert_eq!(server.connections(), 1);
+        p.kill().unwrap();
+        assert!(wait_for(T, || server.connections() == 0));
+        server.stop();
+    }
+}
+
+#[test]
+fn hostile_rendezvous_bytes_end_only_their_connection() {
+    let t = test_case!();
+    t.role("hostile", |ctx| {
+        let path = ctx.arg(0).unwrap();
+        // What to send first, and what to send once the server has answered.
+        let attacks: Vec<(&[u8], Option<&[u8]>)> = vec![
+            // An unknown request.
+            (b"IPCKSHMX", None),
+            // A request with bytes after it.
+            (b"IPCKSHM1-and-more", None),
+            // A truncated request, then the end.
+            (b"IPCK", None),
+            // A request, then a bad acknowledgement.
+            (b"IPCKSHM1", Some(b"\x07")),
+            // A request, then the end without acknowledgement.
+            (b"IPCKSHM1", Some(b"")),
+        ];
+        for round in 0..10 {
+            for (first, then) in &attacks {
+                let mut s = UnixStream::connect(path)?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(first)?;
+                let mut buf = vec![];
+                if let Some(then) = then {
+                    let mut head = [0u8; 10];
+                    s.read_exact(&mut head)?;
+                    let mut name = vec![0u8; usize::from(head[9])];
+                    s.read_exact(&mut name)?;
+                    buf.extend_from_slice(&head);
+                    buf.extend_from_slice(&name);
+                    s.write_all(then)?;
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let _ = s.read_to_end(&mut buf);
+                if round == 0 {
+                    ctx.send_str(&format!("{}", buf.len()))?;
+                }
+            }
+        }
+        ctx.send_str("done")?;
+        Ok(())
+    });
+    let server = Server::new(
+        ServerOptions::new().namespace(ns_of(&t)),
+        vec![EchoServer::new(EchoImpl)],
+    );
+    let name = unique_name("rdv");
+    let b = server
+        .listen(&format!("ncalrpc:[{name}]"))
+        .unwrap()
+        .to_string();
+    let good = EchoClient::connect_with(&ClientOptions::new().namespace(ns_of(&t)), &b).unwrap();
+    let path = t.namespace().join("rpc").join(&name);
+    let mut p = t.spawn("hostile").arg(path.to_str().unwrap()).start();
+    let mut n = 0u64;
+    let mut lines = vec![];
+    loop {
+        let data = common::pattern(100, n);
+        let mut want = data.clone();
+        want.reverse();
+        assert_eq!(good.reverse(data).unwrap(), want);
+        n += 1;
+        if let Ok(s) = p.recv_str_timeout(Duration::from_millis(1)) {
+            if s == "done" {
+                break;
+            }
+            lines.push(s);
+        }
+    }
+    p.wait_timeout(T).unwrap();
+    // The refused requests get no reply; the valid ones get a channel name (a reply of 10 bytes
+    // plus the name) that the hostile client then does not use.
+    assert_eq!(lines[..3], ["0", "0", "0"], "{lines:?}");
+    assert!(lines[3].parse::<usize>().unwrap() > 10, "{lines:?}");
+    assert!(lines[4].parse::<usize>().unwrap() > 10, "{lines:?}");
+    assert!(
+        wait_for(T, || server.connections() == 1),
+        "hostile ones end"
+    );
+    // Only the good client's pair is left.
+    assert!(
+        wait_for(T, || rpc_channels(&t).len() == 2),
+        "{:?}",
+        rpc_channels(&t)
+    );
+    let data = common::pattern(70_000, 7);
+    let mut want = data.clone();
+    want.reverse();
+    assert_eq!(good.reverse(data).unwrap(), want);
+    server.stop();
+}

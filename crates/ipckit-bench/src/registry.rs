@@ -289,9 +289,18 @@ pub static BENCHES: &[Bench] = &[
         name: "ipckit-rpc-ncalrpc",
         group: Group::Ipckit,
         baseline: Some("rpc-unix-stream"),
-        about: "ipckit RPC over ncalrpc: null call, 1 MiB argument (typed #[interface] client)",
+        about: "ipckit RPC over ncalrpc (shared memory): null call, 1 MiB argument (typed #[interface] client)",
         kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc_ipckit::IpckitRpc(
             crate::rpc_ipckit::Carrier::Local,
+        ))),
+    },
+    Bench {
+        name: "ipckit-rpc-ncalrpc-socket",
+        group: Group::Ipckit,
+        baseline: Some("rpc-unix-stream"),
+        about: "ipckit RPC over ncalrpc kept on its Unix socket (local_shared_memory(false))",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc_ipckit::IpckitRpc(
+            crate::rpc_ipckit::Carrier::LocalSocket,
         ))),
     },
     Bench {

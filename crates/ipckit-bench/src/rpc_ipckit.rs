@@ -3,7 +3,8 @@
 //!
 //! | benchmark | binding | baseline |
 //! |---|---|---|
-//! | `ipckit-rpc-ncalrpc` | `ncalrpc:[bench]` in a private namespace | `rpc-unix-stream` |
+//! | `ipckit-rpc-ncalrpc` | `ncalrpc:[bench]` in a private namespace (moved to shared memory) | `rpc-unix-stream` |
+//! | `ipckit-rpc-ncalrpc-socket` | the same, kept on the Unix socket (`local_shared_memory(false)`) | `rpc-unix-stream` |
 //! | `ipckit-rpc-np` | `ncacn_np:\\.[\pipe\bench]` in a private namespace | `rpc-unix-stream` |
 //! | `ipckit-rpc-tcp` | `ncacn_ip_tcp:127.0.0.1[PORT]` | `rpc-tcp-loopback` |
 //!
@@ -51,8 +52,10 @@ impl BenchIf for Impl {
 /// Which carrier.
 #[derive(Debug, Clone, Copy)]
 pub enum Carrier {
-    /// `ncalrpc`.
+    /// `ncalrpc` (shared memory).
     Local,
+    /// `ncalrpc` kept on its Unix socket.
+    LocalSocket,
     /// `ncacn_np`.
     NamedPipe,
     /// `ncacn_ip_tcp` on loopback.
@@ -97,7 +100,7 @@ impl RpcSystem for IpckitRpc {
     fn address(&self, dir: &Path) -> io::Result<String> {
         let dir = crate::raw::path_arg(dir)?;
         Ok(match self.0 {
-            Carrier::Local => format!("{dir}|ncalrpc:[bench]"),
+            Carrier::Local | Carrier::LocalSocket => format!("{dir}|ncalrpc:[bench]"),
             Carrier::NamedPipe => format!(r"{dir}|ncacn_np:\\.[\pipe\bench]"),
             Carrier::Tcp => format!("|ncacn_ip_tcp:127.0.0.1[{}]", free_tcp_port()?),
         })
@@ -119,7 +122,8 @@ impl RpcSystem for IpckitRpc {
 
     fn connect(&self, addr: &str) -> io::Result<Option<Caller>> {
         let (ns, binding) = split(addr)?;
-        let mut opts = ClientOptions::new();
+        let mut opts =
+            ClientOptions::new().local_shared_memory(!matches!(self.0, Carrier::LocalSocket));
         if let Some(ns) = ns {
             opts = opts.namespace(ns);
         }

@@ -10,8 +10,10 @@
 //! # Ok::<(), ipckit::Error>(())
 //! ```
 //!
-//! Carriers: `ncalrpc` (a Unix socket in the user's private folder), `ncacn_np` (ipckit named
-//! pipes) and `ncacn_ip_tcp` (TCP). With the feature `tls`, `ncacn_ip_tcp` can speak TLS 1.2/1.3
+//! Carriers: `ncalrpc` (a Unix socket in the user's private folder, over which client and server
+//! agree to move the connection onto a pair of shared-memory channels, see
+//! [`ClientOptions::local_shared_memory`]), `ncacn_np` (ipckit named pipes) and `ncacn_ip_tcp`
+//! (TCP). With the feature `tls`, `ncacn_ip_tcp` can speak TLS 1.2/1.3
 //! (rustls): `ServerOptions::tls` with a `TlsServerConfig`, `ClientOptions::tls` with a
 //! `TlsClientConfig` (a pinned server certificate or a CA), and the client's certificate in
 //! [`Caller::peer_certificate`]. The wire format is in `docs/protocol/rpc.md`.

@@ -211,6 +211,50 @@ impl Frame {
     }
 }
 
+impl Drop for Frame {
+    fn drop(&mut self) {
+        if self.bytes.capacity() >= HAND_OVER {
+            pool::give(std::mem::take(&mut self.bytes));
+        }
+    }
+}
+
+/// Buffers of large frames, kept for the next large frame: a fresh allocation of a megabyte is
+/// a fresh mapping whose pages fault in one by one (several times the cost of filling them),
+/// and the allocator gives such memory back as soon as it is freed. At most [`pool::KEEP`]
+/// buffers of at most [`pool::LARGEST`] bytes are kept per process.
+mod pool {
+    use std::sync::Mutex;
+
+    pub(super) const KEEP: usize = 4;
+    pub(super) const LARGEST: usize = 8 << 20;
+
+    static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    /// A kept buffer with room for `need` bytes (its `len()` bytes are initialized, with any
+    /// values).
+    pub(super) fn take(need: usize) -> Option<Vec<u8>> {
+        let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let i = p.iter().position(|b| b.capacity() >= need)?;
+        Some(p.swap_remove(i))
+    }
+
+    /// Keeps `buf` for a later large frame, if there is room.
+    pub(super) fn give(buf: Vec<u8>) {
+        if buf.capacity() > LARGEST {
+            return;
+        }
+        let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < KEEP {
+            p.push(buf);
+        } else if let Some(small) = p.iter_mut().min_by_key(|b| b.capacity())
+            && small.capacity() < buf.capacity()
+        {
+            *small = buf;
+        }
+    }
+}
+
 /// Cuts a byte stream into frames, bounding memory before allocating.
 ///
 /// A body longer than the decoder's limit is discarded as it arrives (never buffered) and
@@ -279,9 +323,7 @@ impl Decoder {
         let have = self.end - self.start;
         if self.skip > 0 {
             let want = self.skip.min(READ_CHUNK as u64) as usize;
-            if self.buf.len() < self.end + want {
-                self.buf.resize(self.end + want, 0);
-            }
+            self.grow(self.end + want);
             let n = read(&mut self.buf[self.end..self.end + want])?;
             let n = n.min(want);
             self.skip -= n as u64;
@@ -301,9 +343,7 @@ impl Decoder {
         }
         .max(READ_CHUNK.min(4096));
         let old = self.end;
-        if self.buf.len() < old + want {
-            self.buf.resize(old + want, 0);
-        }
+        self.grow(old + want);
         let r = read(&mut self.buf[old..old + want]);
         let n = match &r {
             Ok(n) => (*n).min(want),
@@ -311,6 +351,29 @@ impl Decoder {
         };
         self.end = old + n;
         r.map(|_| n)
+    }
+
+    /// Makes `buf[..need]` initialized room (the received bytes are at its start).
+    fn grow(&mut self, need: usize) {
+        if self.buf.len() >= need {
+            return;
+        }
+        if need >= HAND_OVER
+            && self.buf.capacity() < need
+            && let Some(mut kept) = pool::take(need)
+        {
+            if kept.len() < self.end {
+                kept.resize(self.end, 0);
+            }
+            kept[..self.end].copy_from_slice(&self.buf[..self.end]);
+            let old = std::mem::replace(&mut self.buf, kept);
+            if old.capacity() >= HAND_OVER {
+                pool::give(old);
+            }
+        }
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
     }
 
     fn compact(&mut self) {

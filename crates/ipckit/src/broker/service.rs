@@ -485,8 +485,11 @@ impl BrokerServer {
             started: Instant::now(),
             next_conn: std::sync::atomic::AtomicU64::new(0),
         });
+        // Broker calls are rare and its clients many: every connection stays on its socket
+        // (shared memory would cost each one four more descriptors and two objects).
         let opts = ServerOptions::new()
             .namespace(ns.clone())
+            .local_shared_memory(false)
             .max_calls(limits.max_connections.max(64) * 2);
         let server = Server::new(opts, vec![BrokerApiServer::new(Service(state))]);
         server.listen(BINDING)?;
@@ -616,6 +619,7 @@ fn call<T>(r: std::result::Result<T, CallError<BrokerFault>>) -> Result<T> {
 fn open_link(ns: &Namespace) -> Result<Link> {
     let opts = ClientOptions::new()
         .namespace(ns.clone())
+        .local_shared_memory(false)
         .connect_timeout(Duration::from_secs(2));
     let client = BrokerApiClient::connect_with(&opts, BINDING)?;
     let session = call(client.hello())?;

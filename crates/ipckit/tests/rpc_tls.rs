@@ -368,3 +368,121 @@ fn a_certificate_authority_on_both_sides() {
     }
     server.stop();
 }
+
+/// Threads of this process running a TLS handshake.
+fn handshake_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end() == "ipckit-rpc-tls")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn stalled_handshakes_are_capped_and_ended_by_stop() {
+    let t = test_case!();
+    // The server runs in a child, whose threads are all its own: it reports how many handshake
+    // threads it has.
+    t.role("server", |ctx| {
+        let cert = read(ctx, "srv.der")?;
+        let key = read(ctx, "srv.key")?;
+        let server = Server::new(
+            ServerOptions::new().tls(TlsServerConfig::new(vec![cert], key)?),
+            vec![EchoServer::new(EchoImpl)],
+        );
+        let b = server.listen("ncacn_ip_tcp:127.0.0.1[0]")?;
+        ctx.send_str(b.endpoint().unwrap())?;
+        ctx.expect("count", T)?;
+        let full = ipckit_testkit::wait_for(T, || handshake_threads() >= rpc::MAX_TLS_HANDSHAKES);
+        ensure(full, format!("{} handshake threads", handshake_threads()))?;
+        // Let the connections beyond the cap arrive too.
+        std::thread::sleep(Duration::from_millis(300));
+        ctx.send_str(&handshake_threads().to_string())?;
+        ctx.expect("stop", T)?;
+        server.stop();
+        ctx.send_str(&handshake_threads().to_string())?;
+        Ok(())
+    });
+    make_cert(t.namespace(), "srv");
+    let mut p = t.spawn("server").start();
+    let port = p.recv_str_timeout(T).unwrap();
+    // Silent clients: connected, never a byte of handshake.
+    let n = rpc::MAX_TLS_HANDSHAKES + 20;
+    let streams: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(format!("127.0.0.1:{port}")).unwrap())
+        .collect();
+    p.send_str("count").unwrap();
+    let count: usize = p.recv_str_timeout(T).unwrap().parse().unwrap();
+    assert_eq!(count, rpc::MAX_TLS_HANDSHAKES);
+    p.send_str("stop").unwrap();
+    // Once stop has returned, no handshake thread is left.
+    assert_eq!(p.recv_str_timeout(T).unwrap(), "0");
+    p.wait_timeout(T).unwrap();
+    // And every silent client was closed by the server (those over the cap at once).
+    for mut s in streams {
+        s.set_read_timeout(Some(T)).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(matches!(
+            std::io::Read::read(&mut s, &mut buf),
+            Ok(0) | Err(_)
+        ));
+    }
+}
+
+/// A PEM section (RFC 7468) of `der`.
+fn pem(label: &str, der: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for c in der.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                b64.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+#[test]
+fn pem_certificates_and_keys_are_read() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = pem("CERTIFICATE", ck.cert.der());
+    let two = format!("{cert}{cert}");
+    let certs = rpc::pem_certificates(two.as_bytes()).unwrap();
+    assert_eq!(certs, vec![ck.cert.der().to_vec(), ck.cert.der().to_vec()]);
+    let key_pem = pem("PRIVATE KEY", &ck.signing_key.serialize_der());
+    let key = rpc::pem_private_key(key_pem.as_bytes()).unwrap();
+    assert_eq!(key, ck.signing_key.serialize_der());
+    assert!(TlsServerConfig::new(certs, key).is_ok());
+    for bad in [
+        &b""[..],
+        b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+    ] {
+        assert_eq!(
+            rpc::pem_certificates(bad).unwrap_err().kind(),
+            ErrorKind::InvalidParameter
+        );
+        assert_eq!(
+            rpc::pem_private_key(bad).unwrap_err().kind(),
+            ErrorKind::InvalidParameter
+        );
+    }
+}

@@ -1,7 +1,7 @@
 //! String bindings: `[objuuid@]protseq:address[endpoint,option=value,...]`.
 //!
 //! Windows counterparts: `RpcStringBindingCompose` ([`Binding::compose`] and
-//! [`Binding::to_string`]), `RpcStringBindingParse` ([`Binding::parse`]) and
+//! `Binding::to_string`), `RpcStringBindingParse` ([`Binding::parse`]) and
 //! `RpcBindingFromStringBinding` (which [`crate::rpc::Client::connect`] runs on a parsed binding).
 //!
 //! ```

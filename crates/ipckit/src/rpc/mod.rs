@@ -39,9 +39,9 @@ pub use server::{CallFuture, Dispatch, Server, ServerOptions, outcome};
 pub use uuid::Uuid;
 
 #[cfg(feature = "tls")]
-pub use server::TLS_HANDSHAKE_TIMEOUT;
+pub use server::{MAX_TLS_HANDSHAKES, TLS_HANDSHAKE_TIMEOUT};
 #[cfg(feature = "tls")]
-pub use tls::{TlsClientConfig, TlsServerConfig};
+pub use tls::{TlsClientConfig, TlsServerConfig, pem_certificates, pem_private_key};
 
 #[cfg(feature = "tokio")]
 pub use asynch::AsyncClient;

@@ -131,7 +131,8 @@ impl ServerOptions {
     /// the certificate and the client-certificate rule of `tls` (feature `tls`); other
     /// carriers are unchanged. Each handshake runs on its connection's own thread and must
     /// finish within [`TLS_HANDSHAKE_TIMEOUT`] (a client that stalls or sends garbage is
-    /// dropped alone); the client's certificate reaches methods in
+    /// dropped alone), at most [`MAX_TLS_HANDSHAKES`] at once; the client's certificate reaches
+    /// methods in
     /// [`Caller::peer_certificate`].
     ///
     /// Windows counterpart: `RpcServerRegisterAuthInfo` with an Schannel credential.
@@ -164,6 +165,12 @@ impl ServerOptions {
 /// How long a client has to finish the TLS handshake with a server (feature `tls`).
 #[cfg(feature = "tls")]
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many TLS handshakes a server runs at once (feature `tls`): a connection accepted while
+/// that many are in progress is closed at once, so that clients that never finish their
+/// handshake cannot tie up more than that many threads.
+#[cfg(feature = "tls")]
+pub const MAX_TLS_HANDSHAKES: usize = 64;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -280,6 +287,10 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     wakers: Mutex<Vec<OwnedFd>>,
     watch: Arc<Watch>,
+    /// The threads of TLS handshakes, with their sockets (duplicates), so that `stop` can end
+    /// and join them; finished ones are dropped when the next handshake starts.
+    #[cfg(feature = "tls")]
+    handshakes: Mutex<Vec<(OwnedFd, JoinHandle<()>)>>,
 }
 
 /// An RPC server: interfaces registered, listening on endpoints.
@@ -338,6 +349,8 @@ impl Server {
                 conns_cv: Condvar::new(),
                 threads: Mutex::default(),
                 wakers: Mutex::default(),
+                #[cfg(feature = "tls")]
+                handshakes: Mutex::default(),
             }),
         }
     }
@@ -444,6 +457,22 @@ impl Server {
         {
             let _ = socket::send_all(&w, &[b"x"]);
         }
+        // Handshakes in progress end now (their clients see the connection close).
+        #[cfg(feature = "tls")]
+        {
+            let hs: Vec<_> = sh
+                .handshakes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..)
+                .collect();
+            for (fd, _) in &hs {
+                socket::shutdown(fd, true, true);
+            }
+            for (_, h) in hs {
+                let _ = h.join();
+            }
+        }
         // Wait for calls in flight, then close connections.
         let mut conns = sh.conns.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -538,6 +567,26 @@ fn spawn_tls_conn(
     fd: OwnedFd,
     mut caller: Caller,
 ) {
+    let mut hs = shared.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+    // Under the lock `stop` takes to end handshakes: one of us sees the other.
+    if shared.stopping.load(Ordering::SeqCst) {
+        return;
+    }
+    hs.retain(|(_, h)| !h.is_finished());
+    if hs.len() >= MAX_TLS_HANDSHAKES {
+        tracing::warn!(
+            "rpc: {MAX_TLS_HANDSHAKES} TLS handshakes in progress: closing the connection of {:?}",
+            caller.address
+        );
+        return;
+    }
+    let dup = match crate::sys::fd::duplicate(&fd) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("rpc: cannot start a TLS handshake: {e}");
+            return;
+        }
+    };
     let sh = shared.clone();
     let spawned = std::thread::Builder::new()
         .name("ipckit-rpc-tls".into())
@@ -555,8 +604,9 @@ fn spawn_tls_conn(
                 }
             }
         });
-    if let Err(e) = spawned {
-        tracing::warn!("rpc: cannot start a TLS handshake thread: {e}");
+    match spawned {
+        Ok(h) => hs.push((dup, h)),
+        Err(e) => tracing::warn!("rpc: cannot start a TLS handshake thread: {e}"),
     }
 }
 

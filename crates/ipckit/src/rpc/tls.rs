@@ -56,6 +56,38 @@ fn certs(ders: Vec<Vec<u8>>) -> Vec<CertificateDer<'static>> {
     ders.into_iter().map(CertificateDer::from).collect()
 }
 
+/// The certificates of a PEM text (every `CERTIFICATE` section, in order), as DER for
+/// [`TlsServerConfig`] and [`TlsClientConfig`] (feature `tls`).
+///
+/// Errors: [`ErrorKind::InvalidParameter`] when a section is damaged or there is none.
+///
+/// Windows counterpart: `CryptStringToBinary` with `CRYPT_STRING_BASE64HEADER`, as
+/// certificates are imported into a store.
+pub fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad_config("bad PEM certificate", e))?;
+    if certs.is_empty() {
+        return Err(bad_config("PEM", "no CERTIFICATE section"));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM text (the first `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE
+/// KEY` section), as DER for [`TlsServerConfig::new`] and
+/// [`TlsClientConfig::client_certificate`] (feature `tls`).
+///
+/// Errors: [`ErrorKind::InvalidParameter`] when there is no readable key.
+///
+/// Windows counterpart: `CryptDecodeObjectEx` of a PEM-decoded key blob.
+pub fn pem_private_key(pem: &[u8]) -> Result<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    let k = PrivateKeyDer::from_pem_slice(pem).map_err(|e| bad_config("bad PEM key", e))?;
+    Ok(k.secret_der().to_vec())
+}
+
 fn key(der: Vec<u8>) -> Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::try_from(der).map_err(|e| bad_config("not a PKCS#8, PKCS#1 or SEC1 key", e))
 }

@@ -32,8 +32,9 @@ pub trait Waiter {
     fn cancels_seen(&self) -> usize;
     /// a + b.
     fn add(&self, a: i64, b: i64) -> i64;
-    /// Waits until `PARTY` calls wait here, then answers how many had arrived before it.
-    async fn rendezvous(&self) -> usize;
+    /// Waits until `PARTY` calls wait here, then answers how many had arrived before it
+    /// (`usize::MAX` if the call was cancelled first).
+    async fn rendezvous(&self, ctx: &CallContext) -> usize;
     /// The caller's pid and uid, after a yield to the runtime.
     async fn whoami(&self, ctx: &CallContext) -> (Option<u32>, Option<u32>);
     /// a / b, or a typed application error.
@@ -78,7 +79,7 @@ impl Waiter for WaiterImpl {
     fn add(&self, a: i64, b: i64) -> i64 {
         a.wrapping_add(b)
     }
-    async fn rendezvous(&self) -> usize {
+    async fn rendezvous(&self, ctx: &CallContext) -> usize {
         // Register for the wake-up before counting in, so the last one's wake is not missed.
         let woken = self.all_here.notified();
         tokio::pin!(woken);
@@ -86,10 +87,13 @@ impl Waiter for WaiterImpl {
         let before = self.arrived.fetch_add(1, Ordering::SeqCst);
         if before + 1 == PARTY {
             self.all_here.notify_waiters();
-        } else {
-            woken.await;
+            return before;
         }
-        before
+        // Given up by the client (its timeout): return, so that a failing test ends.
+        tokio::select! {
+            _ = woken => before,
+            _ = ctx.cancelled() => usize::MAX,
+        }
     }
     async fn whoami(&self, ctx: &CallContext) -> (Option<u32>, Option<u32>) {
         tokio::task::yield_now().await;

@@ -45,6 +45,13 @@ pub trait Waiter {
     async fn bump(&self, ctx: &CallContext, h: ContextHandle) -> Result<u64, String>;
     /// Says it started, sleeps `ms` on the runtime's timer, answers `ms`.
     async fn sleep(&self, ms: u64) -> u64;
+    /// Panics after an await.
+    async fn boom(&self) -> u32;
+    /// One-way: counts, after an await.
+    #[oneway]
+    async fn tick(&self);
+    /// The ticks so far.
+    fn ticks(&self) -> usize;
 }
 
 #[derive(Default)]
@@ -53,6 +60,7 @@ struct WaiterImpl {
     rundowns: Arc<AtomicUsize>,
     sleeping: Arc<AtomicBool>,
     arrived: AtomicUsize,
+    ticks: AtomicUsize,
     all_here: tokio::sync::Notify,
 }
 
@@ -123,6 +131,17 @@ impl Waiter for WaiterImpl {
         self.sleeping.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         ms
+    }
+    async fn boom(&self) -> u32 {
+        tokio::task::yield_now().await;
+        panic!("boom (this panic is part of the test)")
+    }
+    async fn tick(&self) {
+        tokio::task::yield_now().await;
+        self.ticks.fetch_add(1, Ordering::SeqCst);
+    }
+    fn ticks(&self) -> usize {
+        self.ticks.load(Ordering::SeqCst)
     }
 }
 
@@ -299,6 +318,22 @@ fn async_methods_have_identity_context_handles_errors_timeouts_and_stop() {
                 Err(CallError::App(e)) if e == "division by zero" => {}
                 other => return Err(format!("div by zero gave {other:?}").into()),
             }
+            // A panic in an async method faults that call only (RPC_S_CALL_FAILED).
+            let e = c.boom().await.unwrap_err();
+            ensure(e.win32_code() == 1726, format!("boom gave {e}"))?;
+            let before = c.ticks().await?;
+            for _ in 0..3 {
+                c.tick().await?;
+            }
+            let mut ticks = 0;
+            for _ in 0..3000 {
+                ticks = c.ticks().await? - before;
+                if ticks >= 3 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ensure(ticks == 3, format!("{ticks} of 3 one-way async calls ran"))?;
             let h = c.open(10).await?;
             ensure(c.bump(h).await.map_err(|e| e.to_string())? == 11, "bump")?;
             ensure(c.bump(h).await.map_err(|e| e.to_string())? == 12, "bump")?;

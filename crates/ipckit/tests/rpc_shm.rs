@@ -251,3 +251,58 @@ fn hostile_rendezvous_bytes_end_only_their_connection() {
     assert_eq!(good.reverse(data).unwrap(), want);
     server.stop();
 }
+
+/// Voluntary context switches of this process's threads named `name` (summed), and how many
+/// such threads there are.
+fn switches(name: &str) -> (u64, usize) {
+    let mut total = 0;
+    let mut threads = 0;
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        threads += 1;
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    (total, threads)
+}
+
+#[test]
+fn an_idle_shared_memory_connection_wakes_nobody() {
+    let t = test_case!();
+    // The server runs in a child, so that every connection thread it has is this test's.
+    t.role("server", |ctx| {
+        let server = Server::new(
+            ServerOptions::new().namespace(ctx_ns(ctx)),
+            vec![EchoServer::new(EchoImpl)],
+        );
+        let b = server.listen(&format!("ncalrpc:[{}]", unique_name("idle")))?;
+        ctx.send_str(&b.to_string())?;
+        ctx.expect("measure", T)?;
+        let (before, threads) = switches("ipckit-rpc-conn");
+        std::thread::sleep(Duration::from_millis(600));
+        let (after, _) = switches("ipckit-rpc-conn");
+        ctx.send_str(&format!("{threads} {}", after - before))?;
+        ctx.expect("stop", T)?;
+        server.stop();
+        Ok(())
+    });
+    let mut p = t.spawn("server").start();
+    let b = p.recv_str_timeout(T).unwrap();
+    let c = EchoClient::connect_with(&ClientOptions::new().namespace(ns_of(&t)), &b).unwrap();
+    assert_eq!(c.pid().unwrap(), Some(std::process::id()));
+    assert_eq!(rpc_channels(&t).len(), 2, "on shared memory");
+    p.send_str("measure").unwrap();
+    // One connection thread, asleep the whole time: no wake-up for liveness checks.
+    assert_eq!(p.recv_str_timeout(T).unwrap(), "1 0");
+    // Still connected and working.
+    assert_eq!(c.reverse(vec![1, 2, 3]).unwrap(), vec![3, 2, 1]);
+    p.send_str("stop").unwrap();
+    p.wait_timeout(T).unwrap();
+}

@@ -197,6 +197,7 @@ pub struct ChannelBuilder {
     namespace: Option<Namespace>,
     wait: WaitMode,
     others: bool,
+    liveness: bool,
 }
 
 /// Namespace of the channel constructors.
@@ -216,6 +217,7 @@ impl Channel {
             namespace: None,
             wait: WaitMode::Adaptive,
             others: false,
+            liveness: true,
         }
     }
 }
@@ -252,6 +254,15 @@ impl ChannelBuilder {
         self.namespace = Some(ns);
         self
     }
+    /// Whether this end, while it waits, checks at growing intervals (10 to 100 ms) whether its
+    /// peer process still lives, and fails with [`ErrorKind::PeerGone`] when it does not
+    /// (default: yes). Without the checks a wait costs no wake-up at all, however long it
+    /// lasts, and a peer killed without detaching is noticed only through another signal that
+    /// closes this end with its [`Closer`] (ipckit's RPC watches its connection's socket).
+    pub fn peer_liveness_checks(mut self, yes: bool) -> Self {
+        self.liveness = yes;
+        self
+    }
     /// Let other users attach (permissions 0666). Default: no.
     pub fn share_with_other_users(mut self, yes: bool) -> Self {
         self.others = yes;
@@ -272,7 +283,9 @@ impl ChannelBuilder {
             state: [0; 4],
         };
         let (object, _) = ObjectHandle::create(&ns, Some(name), &spec)?;
-        Shared::new(object).map(Arc::new)
+        let mut shared = Shared::new(object)?;
+        shared.liveness = self.liveness;
+        Ok(Arc::new(shared))
     }
 
     /// Attaches as the channel's one receiver ([`ErrorKind::PipeBusy`] if a live receiver is
@@ -454,6 +467,8 @@ struct Shared {
     _object: ObjectHandle,
     /// This end was closed by a [`Closer`] (process-local, not in the mapping).
     closed: AtomicBool,
+    /// This end checks while it waits whether its peer still lives (process-local).
+    liveness: bool,
 }
 
 // Header words (byte offsets).
@@ -497,6 +512,7 @@ impl Shared {
             geometry,
             _object: object,
             closed: AtomicBool::new(false),
+            liveness: true,
         })
     }
 
@@ -667,6 +683,8 @@ trait WaitSide {
     fn peer_left(&self) -> bool;
     /// This end's [`Closer`] closed it.
     fn closed(&self) -> bool;
+    /// This end checks at intervals whether its peer lives.
+    fn checks_liveness(&self) -> bool;
 }
 
 fn closed_error() -> Error {
@@ -699,6 +717,7 @@ fn wait_until<W: WaitSide>(
         }
         spin.failed();
     }
+    let watch = side.checks_liveness();
     let mut check_every = FIRST_LIVENESS_CHECK;
     // Read the clock only once the first polls failed: a busy-polling end should see a quick
     // answer as soon as it comes.
@@ -723,9 +742,14 @@ fn wait_until<W: WaitSide>(
             if side.announce() {
                 side.awake();
             } else {
-                let next_check = *next_check.get_or_insert_with(|| Instant::now() + check_every);
-                let until = deadline.map_or(next_check, |d| d.min(next_check));
-                let woke = futex::wait(side.bell(), seen, Some(until));
+                let until = if watch {
+                    let next_check =
+                        *next_check.get_or_insert_with(|| Instant::now() + check_every);
+                    Some(deadline.map_or(next_check, |d| d.min(next_check)))
+                } else {
+                    deadline
+                };
+                let woke = futex::wait(side.bell(), seen, until);
                 side.awake();
                 woke?;
             }
@@ -750,7 +774,7 @@ fn wait_until<W: WaitSide>(
         if deadline.is_some_and(|d| now >= d) {
             return Err(Error::new(ErrorKind::Timeout));
         }
-        if now >= *next_check.get_or_insert(now + check_every) {
+        if watch && now >= *next_check.get_or_insert(now + check_every) {
             if !side.peer_alive() {
                 // One last look: the peer may have finished just before it went.
                 if let Some(v) = side.ready()? {
@@ -816,6 +840,9 @@ impl WaitSide for TxWait<'_> {
     }
     fn closed(&self) -> bool {
         self.shared.closed.load(Ordering::SeqCst)
+    }
+    fn checks_liveness(&self) -> bool {
+        self.shared.liveness
     }
 }
 
@@ -1198,6 +1225,9 @@ impl WaitSide for RxWait<'_> {
     }
     fn closed(&self) -> bool {
         self.shared.closed.load(Ordering::SeqCst)
+    }
+    fn checks_liveness(&self) -> bool {
+        self.shared.liveness
     }
 }
 

@@ -7,9 +7,10 @@
 //! channels spin briefly before they sleep), and one futex wake-up instead of a socket's
 //! wake-up and two copies through the kernel otherwise.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::link::Link;
@@ -46,6 +47,9 @@ pub(crate) struct ShmLink {
     tx: Mutex<Sender>,
     rx: Mutex<RxState>,
     closers: [Closer; 2],
+    /// The connection's socket under the process's [`SocketWatch`] (`None`: the channels check
+    /// the peer's liveness themselves).
+    _watched: Option<Watched>,
 }
 
 struct RxState {
@@ -60,6 +64,139 @@ impl ShmLink {
             closers: [tx.closer(), rx.closer()],
             tx: Mutex::new(tx),
             rx: Mutex::new(RxState { rx, off: 0 }),
+            _watched: None,
+        }
+    }
+
+    /// Puts the connection's socket under the watch (once the rendezvous is over: anything
+    /// readable on it then ends the link); for channels made without liveness checks.
+    fn watched(mut self, sock: &OwnedFd) -> Result<ShmLink> {
+        let w = SocketWatch::get().ok_or_else(no_watch)?;
+        self._watched = Some(w.add(sock, &self.closers)?);
+        Ok(self)
+    }
+}
+
+fn no_watch() -> Error {
+    Error::with_message(ErrorKind::Other, "the socket watcher is not running")
+}
+
+/// One thread per process that watches the sockets of the connections on shared memory: when
+/// one ends (the peer closed it, or died and the kernel closed it), the connection's channel
+/// ends are closed, which wakes whoever waits on them. The channels themselves then need no
+/// periodic liveness checks, so an idle connection costs no wake-up at all. Nothing travels
+/// on such a socket after the rendezvous, so anything readable on it ends the connection.
+struct SocketWatch {
+    /// The last id given, and the watched sockets (duplicates) with the ends they close.
+    entries: Mutex<(u64, HashMap<u64, WatchEntry>)>,
+    wake: OwnedFd,
+}
+
+type WatchEntry = (Arc<OwnedFd>, Vec<Closer>);
+
+/// A socket under the watch, until dropped.
+struct Watched {
+    id: u64,
+    watch: &'static SocketWatch,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.watch
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .remove(&self.id);
+        self.watch.poke();
+    }
+}
+
+impl SocketWatch {
+    /// The process's watch, started on first use (`None` if its thread cannot start).
+    fn get() -> Option<&'static SocketWatch> {
+        static WATCH: OnceLock<Option<SocketWatch>> = OnceLock::new();
+        WATCH
+            .get_or_init(|| {
+                let (r, w) = socket::stream_pair().ok()?;
+                socket::set_nonblocking(&r, true).ok()?;
+                socket::set_nonblocking(&w, true).ok()?;
+                std::thread::Builder::new()
+                    .name("ipckit-rpc-sockw".into())
+                    .spawn(move || SocketWatch::run(r))
+                    .ok()?;
+                Some(SocketWatch {
+                    entries: Mutex::new((0, HashMap::new())),
+                    wake: w,
+                })
+            })
+            .as_ref()
+    }
+
+    fn add(&'static self, sock: &OwnedFd, closers: &[Closer]) -> Result<Watched> {
+        let dup = crate::sys::fd::duplicate(sock)?;
+        let id = {
+            let mut g = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            g.0 += 1;
+            let id = g.0;
+            g.1.insert(id, (Arc::new(dup), closers.to_vec()));
+            id
+        };
+        self.poke();
+        Ok(Watched { id, watch: self })
+    }
+
+    /// Makes the thread look at the entries again.
+    fn poke(&self) {
+        // A full wake socket already has a wake-up pending.
+        let _ = socket::try_send(&self.wake, b"w");
+    }
+
+    fn run(wake: OwnedFd) {
+        // Waits until the initialisation that started this thread has stored the watch.
+        let Some(me) = Self::get() else {
+            return;
+        };
+        let mut scratch = [0u8; 64];
+        loop {
+            let snap: Vec<(u64, Arc<OwnedFd>)> = me
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .1
+                .iter()
+                .map(|(id, (fd, _))| (*id, fd.clone()))
+                .collect();
+            let mut fds = vec![wake.as_fd()];
+            fds.extend(snap.iter().map(|(_, fd)| fd.as_fd()));
+            match socket::wait_readable(&fds, None) {
+                Ok(Some(0)) => {
+                    while let Ok(Some(n)) = socket::recv(&wake, &mut scratch, false) {
+                        if n == 0 {
+                            return;
+                        }
+                    }
+                }
+                Ok(Some(i)) => {
+                    let (id, _) = &snap[i - 1];
+                    let gone = me
+                        .entries
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .1
+                        .remove(id);
+                    if let Some((_, closers)) = gone {
+                        for c in closers {
+                            c.close();
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("rpc: the socket watch failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
         }
     }
 }
@@ -191,21 +328,24 @@ pub(crate) fn client_upgrade(
     }
     let base = String::from_utf8_lossy(&name);
     let (c2s, s2c) = channel_names(&base);
+    let watch = SocketWatch::get().is_some();
     let attached = (|| {
         let tx = Channel::builder()
             .name(&c2s)?
             .namespace(ns.clone())
+            .peer_liveness_checks(!watch)
             .sender()?;
         let rx = Channel::builder()
             .name(&s2c)?
             .namespace(ns.clone())
+            .peer_liveness_checks(!watch)
             .receiver()?;
         Ok::<_, Error>(ShmLink::new(tx, rx))
     })();
     match attached {
         Ok(link) => {
             socket::send_all(fd, &[&[ACK_ATTACHED]])?;
-            Ok(Some(link))
+            Ok(Some(if watch { link.watched(fd)? } else { link }))
         }
         Err(e) => {
             tracing::debug!("rpc: cannot attach the server's channels, staying on the socket: {e}");
@@ -227,23 +367,26 @@ fn server_upgrade(fd: &OwnedFd, ns: &Namespace, allow: bool) -> Result<Option<Sh
             .unwrap_or(0);
         let base = format!("ipckit-rpc-{}-{n}-{nonce:x}", std::process::id());
         let (c2s, s2c) = channel_names(&base);
+        let watch = SocketWatch::get().is_some();
         let make = || {
             let rx = Channel::builder()
                 .name(&c2s)?
                 .capacity(SLOTS)
                 .max_message(SLOT_BYTES)
                 .namespace(ns.clone())
+                .peer_liveness_checks(!watch)
                 .receiver()?;
             let tx = Channel::builder()
                 .name(&s2c)?
                 .capacity(SLOTS)
                 .max_message(SLOT_BYTES)
                 .namespace(ns.clone())
+                .peer_liveness_checks(!watch)
                 .sender()?;
-            Ok::<_, Error>(ShmLink::new(tx, rx))
+            Ok::<_, Error>((ShmLink::new(tx, rx), watch))
         };
         match make() {
-            Ok(link) => Some((base, link)),
+            Ok((link, watch)) => Some((base, link, watch)),
             Err(e) => {
                 tracing::warn!("rpc: cannot create shared memory for a connection: {e}");
                 None
@@ -252,7 +395,7 @@ fn server_upgrade(fd: &OwnedFd, ns: &Namespace, allow: bool) -> Result<Option<Sh
     } else {
         None
     };
-    let Some((base, link)) = created else {
+    let Some((base, link, watch)) = created else {
         let mut reply = UPGRADE_REQUEST.to_vec();
         reply.extend_from_slice(&[STATUS_REFUSED, 0]);
         socket::send_all(fd, &[&reply])?;
@@ -265,6 +408,7 @@ fn server_upgrade(fd: &OwnedFd, ns: &Namespace, allow: bool) -> Result<Option<Sh
     let mut ack = [0u8; 1];
     read_exact(fd, &mut ack, deadline)?;
     match ack[0] {
+        ACK_ATTACHED if watch => Ok(Some(link.watched(fd)?)),
         ACK_ATTACHED => Ok(Some(link)),
         ACK_FAILED => Ok(None),
         _ => Err(protocol("bad acknowledgement")),

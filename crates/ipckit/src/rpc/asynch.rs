@@ -59,8 +59,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// [`CallContext::is_cancelled`](super::CallContext::is_cancelled), and the connection goes on
 /// serving the client's other calls. The client's timeout ([`ClientOptions::timeout`]) cancels
 /// in the same way. Differences: there is no separate cancel call (dropping the future is it),
-/// and each waiting call occupies one of tokio's blocking threads, as the connection's socket
-/// is read by blocking calls.
+/// and each waiting call occupies one of tokio's blocking threads, as the connection is read
+/// by blocking calls.
 #[derive(Debug, Clone)]
 pub struct AsyncClient {
     inner: Client,

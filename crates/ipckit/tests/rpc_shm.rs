@@ -1,7 +1,8 @@
 //! `ncalrpc` over shared memory, across real processes: a connection moves onto a pair of
 //! channels (visible as kernel objects while it lives, gone when its client is SIGKILLed),
 //! carries frames larger than a slot both ways, falls back to the socket when either side
-//! declines, and hostile rendezvous bytes end only their own connection.
+//! declines, hostile rendezvous bytes end only their own connection, and an idle server with
+//! an idle connection wakes nobody.
 
 mod common;
 
@@ -259,7 +260,8 @@ fn switches(name: &str) -> (u64, usize) {
     let mut threads = 0;
     for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() != name {
+        // The kernel keeps the first 15 bytes of a thread's name.
+        if comm.trim_end() != &name[..name.len().min(15)] {
             continue;
         }
         threads += 1;
@@ -274,7 +276,7 @@ fn switches(name: &str) -> (u64, usize) {
 }
 
 #[test]
-fn an_idle_shared_memory_connection_wakes_nobody() {
+fn an_idle_server_and_its_shared_memory_connection_wake_nobody() {
     let t = test_case!();
     // The server runs in a child, so that every connection thread it has is this test's.
     t.role("server", |ctx| {
@@ -283,12 +285,21 @@ fn an_idle_shared_memory_connection_wakes_nobody() {
             vec![EchoServer::new(EchoImpl)],
         );
         let b = server.listen(&format!("ncalrpc:[{}]", unique_name("idle")))?;
+        server.listen(&format!(r"ncacn_np:\\.[\pipe\{}]", unique_name("idle")))?;
+        server.listen("ncacn_ip_tcp:127.0.0.1[0]")?;
         ctx.send_str(&b.to_string())?;
         ctx.expect("measure", T)?;
-        let (before, threads) = switches("ipckit-rpc-conn");
+        // The connection's thread, the two accepting threads and the pipe's.
+        let names = ["ipckit-rpc-conn", "ipckit-rpc-accept", "ipckit-rpc-pipe"];
+        let before: Vec<_> = names.iter().map(|n| switches(n)).collect();
         std::thread::sleep(Duration::from_millis(600));
-        let (after, _) = switches("ipckit-rpc-conn");
-        ctx.send_str(&format!("{threads} {}", after - before))?;
+        let after: Vec<_> = names.iter().map(|n| switches(n)).collect();
+        let report: Vec<String> = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| format!("{}:{}", b.1.min(1), a.0 - b.0))
+            .collect();
+        ctx.send_str(&report.join(" "))?;
         ctx.expect("stop", T)?;
         server.stop();
         Ok(())
@@ -299,8 +310,9 @@ fn an_idle_shared_memory_connection_wakes_nobody() {
     assert_eq!(c.pid().unwrap(), Some(std::process::id()));
     assert_eq!(rpc_channels(&t).len(), 2, "on shared memory");
     p.send_str("measure").unwrap();
-    // One connection thread, asleep the whole time: no wake-up for liveness checks.
-    assert_eq!(p.recv_str_timeout(T).unwrap(), "1 0");
+    // Threads asleep the whole time: no wake-up for liveness checks or to look for a stop
+    // (threads present:wake-ups, for the connection, the two accept loops and the pipe loop).
+    assert_eq!(p.recv_str_timeout(T).unwrap(), "1:0 1:0 1:0");
     // Still connected and working.
     assert_eq!(c.reverse(vec![1, 2, 3]).unwrap(), vec![3, 2, 1]);
     p.send_str("stop").unwrap();

@@ -1,6 +1,6 @@
 //! The server end of a named pipe: one instance (`CreateNamedPipe`).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, Side};
@@ -298,19 +298,32 @@ impl NamedPipeServer {
     /// A client of another user that is not allowed ([`ServerOptions::allow_user`]) is sent
     /// away (it reads [`ErrorKind::AccessDenied`]) and the wait goes on.
     pub fn connect(&mut self) -> Result<()> {
-        self.wait_client(None)
+        self.wait_client(None, None).map(|_| ())
     }
 
     /// [`connect`](Self::connect), giving up after `timeout` with [`ErrorKind::Timeout`]
     /// (Windows: an overlapped `ConnectNamedPipe` and a wait that times out, `WAIT_TIMEOUT`).
     /// The instance stays free for a client.
     pub fn connect_timeout(&mut self, timeout: Duration) -> Result<()> {
-        self.wait_client(Some(Instant::now() + timeout))
+        self.wait_client(Some(Instant::now() + timeout), None)
+            .map(|_| ())
     }
 
-    fn wait_client(&mut self, deadline: Option<Instant>) -> Result<()> {
+    /// [`connect`](Self::connect), or `Ok(false)` as soon as `wake` becomes readable (how a
+    /// server thread that waits for clients is told to stop, with no periodic wake-up).
+    pub(crate) fn connect_or_woken(&mut self, wake: BorrowedFd<'_>) -> Result<bool> {
+        self.wait_client(None, Some(wake))
+    }
+
+    /// Waits for a client: `Ok(true)` once one is connected, `Ok(false)` when `wake` became
+    /// readable first.
+    fn wait_client(
+        &mut self,
+        deadline: Option<Instant>,
+        wake: Option<BorrowedFd<'_>>,
+    ) -> Result<bool> {
         if self.conn.is_some() {
-            return Ok(());
+            return Ok(true);
         }
         loop {
             if self.listener.is_none() {
@@ -318,11 +331,17 @@ impl NamedPipeServer {
             }
             let listener = self.listener.as_ref().expect("listening");
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if socket::wait_readable(&[listener.as_fd()], left)?.is_none() {
-                return Err(Error::with_message(
-                    ErrorKind::Timeout,
-                    format!("no client connected to {} in time", self.name),
-                ));
+            let mut fds = vec![listener.as_fd()];
+            fds.extend(wake);
+            match socket::wait_readable(&fds, left)? {
+                None => {
+                    return Err(Error::with_message(
+                        ErrorKind::Timeout,
+                        format!("no client connected to {} in time", self.name),
+                    ));
+                }
+                Some(1) => return Ok(false),
+                Some(_) => {}
             }
             let listener = self.listener.take().expect("listening");
             if let Some(fd) = self.inst.take_client(&listener)? {
@@ -336,7 +355,7 @@ impl NamedPipeServer {
                 )?;
                 if let Some(conn) = admit(&self.name, conn, &self.allowed_uids, self.any_user) {
                     self.conn = Some(conn);
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         }

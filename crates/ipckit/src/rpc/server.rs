@@ -416,10 +416,16 @@ impl Server {
                     .unlimited_instances()
                     .namespace(self.shared.ns.clone());
                 let first = opts.create(&name)?;
+                let (wake_r, wake_w) = socket::stream_pair()?;
+                self.shared
+                    .wakers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(wake_w);
                 let shared = self.shared.clone();
                 let h = std::thread::Builder::new()
                     .name("ipckit-rpc-pipe".into())
-                    .spawn(move || pipe_loop(shared, opts, name, first))
+                    .spawn(move || pipe_loop(shared, opts, name, first, wake_r))
                     .map_err(|e| Error::from_io("cannot start a thread", e))?;
                 self.shared
                     .threads
@@ -615,6 +621,7 @@ fn pipe_loop(
     opts: crate::pipe::ServerOptions,
     name: String,
     first: crate::pipe::NamedPipeServer,
+    wake: OwnedFd,
 ) {
     let mut inst = Some(first);
     while !shared.stopping.load(Ordering::Acquire) {
@@ -629,8 +636,10 @@ fn pipe_loop(
                 }
             },
         };
-        match server.connect_timeout(Duration::from_millis(100)) {
-            Ok(()) => {
+        // Sleeps until a client comes or `stop` writes to `wake`: no periodic wake-up.
+        match server.connect_or_woken(wake.as_fd()) {
+            Ok(false) => break,
+            Ok(true) => {
                 // The next instance exists before this one can end: otherwise a client that
                 // closes at once would leave the pipe without any instance for a moment, and a
                 // client connecting then would find no pipe at all (not a busy one to wait for).
@@ -649,7 +658,6 @@ fn pipe_loop(
                     Err(e) => tracing::warn!("rpc: cannot serve a client of {name}: {e}"),
                 }
             }
-            Err(e) if e.kind() == ErrorKind::Timeout => inst = Some(server),
             Err(e) => {
                 tracing::debug!("rpc: pipe connect on {name}: {e}");
             }

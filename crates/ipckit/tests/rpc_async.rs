@@ -249,12 +249,18 @@ fn dropping_an_async_call_cancels_it_on_the_server_and_the_connection_goes_on() 
 
 /// Twenty `async fn` calls wait for each other at once on a server with two call threads: a
 /// server that held a thread per waiting call would never gather them (the client's timeout
-/// then fails the test instead of hanging it).
+/// then fails the test instead of hanging it). The client's runtime has a single blocking
+/// thread, so its waiting calls hold no thread either.
 #[test]
 fn awaiting_async_calls_hold_no_thread() {
     let t = test_case!();
     t.role("client", |ctx| {
-        runtime().block_on(async {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
             let o = client_opts(ctx).timeout(T);
             let c = WaiterAsyncClient::connect_with(&o, ctx.arg(0).unwrap()).await?;
             let calls: Vec<_> = (0..PARTY)

@@ -58,9 +58,10 @@ use crate::error::{Error, ErrorKind, Result};
 /// the protocol's cancel frame, the method sees
 /// [`CallContext::is_cancelled`](super::CallContext::is_cancelled), and the connection goes on
 /// serving the client's other calls. The client's timeout ([`ClientOptions::timeout`]) cancels
-/// in the same way. Differences: there is no separate cancel call (dropping the future is it),
-/// and each waiting call occupies one of tokio's blocking threads, as the connection is read
-/// by blocking calls.
+/// in the same way. A waiting call holds no thread: while calls wait, one blocking task per
+/// connection reads it (or a blocking call of the [`Client`] sharing it does) and wakes them.
+/// Requests up to 64 KiB are sent from the calling task; larger ones from a blocking task.
+/// Difference: there is no separate cancel call (dropping the future is it).
 #[derive(Debug, Clone)]
 pub struct AsyncClient {
     inner: Client,
@@ -73,7 +74,11 @@ fn join_error(e: tokio::task::JoinError) -> Error {
     )
 }
 
-/// Where a call of an [`AsyncClient`] stands, shared by its future and its blocking task.
+/// Requests up to this size are sent from the calling task (a send that short does not wait
+/// for the server in practice); larger ones from a blocking task.
+const INLINE_SEND: usize = 64 * 1024;
+
+/// Where a call of an [`AsyncClient`] stands, shared by its future and the task sending it.
 enum Slot {
     /// Not sent yet.
     Unsent,
@@ -85,7 +90,8 @@ enum Slot {
     Done,
 }
 
-/// Cancels the call when the future holding it is dropped before the answer.
+/// Cancels the call when the future holding it is dropped before the answer, and counts it
+/// out of the connection's waiting async calls.
 struct CancelOnDrop {
     client: Client,
     slot: Arc<Mutex<Slot>>,
@@ -104,6 +110,7 @@ impl Drop for CancelOnDrop {
             Slot::Unsent => *s = Slot::Abandoned,
             Slot::Abandoned | Slot::Done => {}
         }
+        self.client.async_calls(-1);
     }
 }
 
@@ -130,36 +137,41 @@ impl AsyncClient {
     /// Calls `opnum` with encoded `args`; the reply's encoded body (see [`Client::call_raw`]).
     /// Dropping the future before it completes cancels the call on the server.
     pub async fn call_raw(&self, opnum: u16, args: Vec<u8>) -> Result<Reply> {
+        let c = &self.inner;
+        let timeout = c.timeout();
         let slot = Arc::new(Mutex::new(Slot::Unsent));
-        let guard = CancelOnDrop {
-            client: self.inner.clone(),
+        c.async_calls(1);
+        let _guard = CancelOnDrop {
+            client: c.clone(),
             slot: slot.clone(),
         };
-        let c = self.inner.clone();
-        let reply = tokio::task::spawn_blocking(move || {
-            let timeout = c.timeout();
-            let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
-            if matches!(*s, Slot::Abandoned) {
-                return Err(Error::with_message(
-                    ErrorKind::Timeout,
-                    "the call was dropped before it was sent",
-                ));
-            }
-            // Sent under the slot's lock: a drop meanwhile waits for the id, then cancels it.
+        if args.len() <= INLINE_SEND {
             let id = c.start(opnum, &args, false, timeout)?;
-            *s = Slot::Sent(id);
-            drop(s);
-            let r = c.wait_cancellable(id, opnum, timeout);
-            let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
-            if matches!(*s, Slot::Sent(_)) {
-                *s = Slot::Done;
-            }
-            r
-        })
-        .await
-        .map_err(join_error)?;
-        *guard.slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Done;
-        reply
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Sent(id);
+        } else {
+            let (c, slot) = (c.clone(), slot.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
+                if matches!(*s, Slot::Abandoned) {
+                    return Ok(());
+                }
+                // Sent under the slot's lock: a drop meanwhile waits for the id, then
+                // cancels the call.
+                *s = Slot::Sent(c.start(opnum, &args, false, timeout)?);
+                Ok::<(), Error>(())
+            })
+            .await
+            .map_err(join_error)??;
+        }
+        let Slot::Sent(id) = *slot.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return Err(Error::with_message(
+                ErrorKind::CallFailed,
+                "the call was not sent",
+            ));
+        };
+        let r = c.wait_async(id, opnum, timeout).await;
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Done;
+        r
     }
 
     /// Calls `opnum` with `args` and decodes the result (see [`Client::call`]). Dropping the
@@ -177,6 +189,9 @@ impl AsyncClient {
     /// Sends a one-way call.
     pub async fn call_oneway<A: Serialize>(&self, opnum: u16, args: &A) -> Result<()> {
         let bytes = encode(args)?;
+        if bytes.len() <= INLINE_SEND {
+            return self.inner.call_raw(opnum, &bytes, true).map(|_| ());
+        }
         let c = self.inner.clone();
         tokio::task::spawn_blocking(move || c.call_raw(opnum, &bytes, true).map(|_| ()))
             .await

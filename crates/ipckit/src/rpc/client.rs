@@ -1,7 +1,7 @@
 //! The blocking RPC client: one connection, calls from any number of threads at once.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -166,8 +166,12 @@ impl ClientOptions {
                     done: HashMap::new(),
                     dead: None,
                     cancellable: 0,
+                    #[cfg(feature = "tokio")]
+                    pump: false,
                 }),
                 cv: Condvar::new(),
+                #[cfg(feature = "tokio")]
+                notify: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -183,6 +187,9 @@ struct State {
     /// another thread at any time, so on a link that cannot send while it receives (a pipe)
     /// the reader must not block without end.
     cancellable: usize,
+    /// A blocking task reads the connection for the async calls.
+    #[cfg(feature = "tokio")]
+    pump: bool,
 }
 
 struct Shared {
@@ -192,6 +199,9 @@ struct Shared {
     timeout: Option<Duration>,
     state: Mutex<State>,
     cv: Condvar,
+    /// Wakes the calls of an [`AsyncClient`](super::AsyncClient) (feature `tokio`).
+    #[cfg(feature = "tokio")]
+    notify: tokio::sync::Notify,
 }
 
 /// A connected, bound RPC client. Cheap to clone (clones share the connection); calls from
@@ -244,6 +254,7 @@ impl Client {
     }
 
     /// The call timeout of [`ClientOptions::timeout`].
+    #[cfg(feature = "tokio")]
     pub(crate) fn timeout(&self) -> Option<Duration> {
         self.shared.timeout
     }
@@ -294,48 +305,104 @@ impl Client {
     }
 
     /// Gives up on call `id`: the server is told (its method sees
-    /// [`CallContext::is_cancelled`](super::CallContext::is_cancelled)), a late answer is
-    /// dropped, and whoever [`wait`](Self::wait)s for it gets [`ErrorKind::Timeout`]
-    /// (`RPC_S_CALL_CANCELLED`, 1818). Nothing happens if the call has already been answered
-    /// and its answer taken.
+    /// [`CallContext::is_cancelled`](super::CallContext::is_cancelled)) and a late answer is
+    /// dropped. Nobody may wait for the call any more.
+    #[cfg(feature = "tokio")]
     pub(crate) fn cancel(&self, id: u32) {
         let sh = &*self.shared;
         let frame = {
             let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
-            let frame = st.proto.cancel(id);
-            if frame.is_some() {
-                st.done.insert(
-                    id,
-                    Err(
-                        Error::with_message(ErrorKind::Timeout, "the call was cancelled")
-                            .with_win32_code(CALL_CANCELLED),
-                    ),
-                );
-            } else {
-                // Answered but not taken: nobody will take it now.
-                st.done.remove(&id);
-            }
-            frame
+            // Answered but not taken: nobody will take it now.
+            st.done.remove(&id);
+            st.proto.cancel(id)
         };
-        sh.cv.notify_all();
         if let Some(c) = frame {
             let _ = sh.link.send(&[&c]);
         }
     }
 
-    /// [`wait`](Self::wait) for a call that [`cancel`](Self::cancel) may end from another
-    /// thread meanwhile.
-    pub(crate) fn wait_cancellable(
+    /// Counts an async call in (`+1`) or out (`-1`): while any waits, a pump reads for them.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn async_calls(&self, delta: isize) {
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.cancellable = st.cancellable.saturating_add_signed(delta);
+    }
+
+    /// Awaits the answer to call `id` of an async caller (counted in with
+    /// [`async_calls`](Self::async_calls)) without holding a thread: whoever reads the
+    /// connection wakes it; if nobody does, a pump (one blocking task per connection) is
+    /// started. At most `timeout`, then the call is cancelled.
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn wait_async(
         &self,
         id: u32,
         opnum: u16,
         timeout: Option<Duration>,
     ) -> Result<Reply> {
-        let st = &self.shared.state;
-        st.lock().unwrap_or_else(|e| e.into_inner()).cancellable += 1;
-        let r = self.wait(id, opnum, timeout);
-        st.lock().unwrap_or_else(|e| e.into_inner()).cancellable -= 1;
-        r
+        let sh = &*self.shared;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        loop {
+            // An answer that arrives after the deadline is too late, as for a blocking call
+            // whose time ran out first.
+            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                self.cancel(id);
+                return Err(Error::with_message(
+                    ErrorKind::Timeout,
+                    format!(
+                        "call {opnum} got no answer within {:?}",
+                        timeout.unwrap_or_default()
+                    ),
+                )
+                .with_win32_code(CALL_CANCELLED));
+            }
+            let woken = sh.notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            {
+                let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(r) = st.done.remove(&id) {
+                    return r;
+                }
+                if let Some((_, msg)) = &st.dead {
+                    return Err(Error::with_message(
+                        ErrorKind::CallFailed,
+                        format!("the connection was lost during the call: {msg}"),
+                    ));
+                }
+                if !st.pump && st.decoder.is_some() {
+                    st.pump = true;
+                    let c = self.clone();
+                    tokio::task::spawn_blocking(move || c.pump());
+                }
+            }
+            match deadline {
+                None => woken.await,
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d, woken).await;
+                }
+            }
+        }
+    }
+
+    /// Reads the connection while async calls wait and no blocking caller reads it.
+    #[cfg(feature = "tokio")]
+    fn pump(&self) {
+        /// How long one read waits before the pump looks whether it is still needed.
+        const SLICE: Duration = Duration::from_millis(100);
+        let sh = &*self.shared;
+        let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.cancellable == 0 || st.dead.is_some() {
+                break;
+            }
+            // A blocking caller reads: it wakes the async waiters when it gives the reading
+            // back, and they start a pump again if still needed.
+            let Some(dec) = st.decoder.take() else { break };
+            st = self.read_some(st, dec, Some(SLICE));
+        }
+        st.pump = false;
+        drop(st);
+        self.wake_all();
     }
 
     /// Waits for the answer to call `id` (at most `timeout`, then cancels it).
@@ -370,7 +437,7 @@ impl Client {
                 .with_win32_code(CALL_CANCELLED));
             }
             match st.decoder.take() {
-                Some(mut dec) => {
+                Some(dec) => {
                     // A pipe cannot send while it receives: read in slices while a cancel
                     // may have to go out.
                     let left = if st.cancellable > 0 && !sh.link.full_duplex() {
@@ -378,41 +445,7 @@ impl Client {
                     } else {
                         left
                     };
-                    drop(st);
-                    let mut timed_out = false;
-                    let r = dec.fill(|buf| {
-                        sh.link.recv(buf, left).map(|n| {
-                            timed_out = n.is_none();
-                            n.unwrap_or(0)
-                        })
-                    });
-                    st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
-                    match r {
-                        Ok(0) if timed_out => {}
-                        Ok(0) => Self::die(&mut st, &sh.binding, Error::new(ErrorKind::BrokenPipe)),
-                        Err(e) => Self::die(&mut st, &sh.binding, e),
-                        Ok(_) => loop {
-                            match dec.next_frame() {
-                                Ok(None) => break,
-                                Ok(Some(f)) => match st.proto.on_frame(f) {
-                                    Ok(ClientEvent::Reply { call_id, result }) => {
-                                        st.done.insert(call_id, result);
-                                    }
-                                    Ok(_) => {}
-                                    Err(e) => {
-                                        Self::die(&mut st, &sh.binding, e);
-                                        break;
-                                    }
-                                },
-                                Err(e) => {
-                                    Self::die(&mut st, &sh.binding, e);
-                                    break;
-                                }
-                            }
-                        },
-                    }
-                    st.decoder = Some(dec);
-                    sh.cv.notify_all();
+                    st = self.read_some(st, dec, left);
                 }
                 None => {
                     st = match left {
@@ -427,6 +460,60 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Reads what arrives within `left` with the decoder taken from `st`, records the answers
+    /// and gives the decoder back, waking every waiter.
+    fn read_some<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+        mut dec: Decoder,
+        left: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
+        let sh = &*self.shared;
+        drop(st);
+        let mut timed_out = false;
+        let r = dec.fill(|buf| {
+            sh.link.recv(buf, left).map(|n| {
+                timed_out = n.is_none();
+                n.unwrap_or(0)
+            })
+        });
+        let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(0) if timed_out => {}
+            Ok(0) => Self::die(&mut st, &sh.binding, Error::new(ErrorKind::BrokenPipe)),
+            Err(e) => Self::die(&mut st, &sh.binding, e),
+            Ok(_) => loop {
+                match dec.next_frame() {
+                    Ok(None) => break,
+                    Ok(Some(f)) => match st.proto.on_frame(f) {
+                        Ok(ClientEvent::Reply { call_id, result }) => {
+                            st.done.insert(call_id, result);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            Self::die(&mut st, &sh.binding, e);
+                            break;
+                        }
+                    },
+                    Err(e) => {
+                        Self::die(&mut st, &sh.binding, e);
+                        break;
+                    }
+                }
+            },
+        }
+        st.decoder = Some(dec);
+        self.wake_all();
+        st
+    }
+
+    /// Wakes the blocking and the async waiters.
+    fn wake_all(&self) {
+        self.shared.cv.notify_all();
+        #[cfg(feature = "tokio")]
+        self.shared.notify.notify_waiters();
     }
 
     fn die(st: &mut State, b: &Binding, e: Error) {
@@ -446,7 +533,8 @@ impl Client {
         if st.dead.is_none() {
             st.dead = Some((e.kind(), e.to_string()));
         }
-        self.shared.cv.notify_all();
+        drop(st);
+        self.wake_all();
     }
 
     /// Calls `opnum` with `args` encoded by postcard and decodes the result (or the

@@ -58,8 +58,10 @@ use crate::error::{Error, ErrorKind, Result};
 /// the protocol's cancel frame, the method sees
 /// [`CallContext::is_cancelled`](super::CallContext::is_cancelled), and the connection goes on
 /// serving the client's other calls. The client's timeout ([`ClientOptions::timeout`]) cancels
-/// in the same way. A waiting call holds no thread: while calls wait, one blocking task per
-/// connection reads it (or a blocking call of the [`Client`] sharing it does) and wakes them.
+/// in the same way. A waiting call holds no thread: a call waiting alone first looks for its
+/// answer itself for up to 20 µs (yielding to the runtime between looks: a fast answer then
+/// costs no thread hop), then one blocking task per connection reads (or a blocking call of
+/// the [`Client`] sharing it does) and wakes the waiting calls.
 /// Requests up to 64 KiB are sent from the calling task; larger ones from a blocking task.
 /// Difference: there is no separate cancel call (dropping the future is it).
 #[derive(Debug, Clone)]

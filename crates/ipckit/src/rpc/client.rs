@@ -16,6 +16,11 @@ use crate::namespace::Namespace;
 /// `RPC_S_CALL_CANCELLED`, the code of a call whose time ran out.
 const CALL_CANCELLED: u32 = 1818;
 
+/// How long an async call that waits alone looks for its answer itself before a pump reads
+/// for it (feature `tokio`).
+#[cfg(feature = "tokio")]
+const ASYNC_SPIN: Duration = Duration::from_micros(20);
+
 /// How long a reader of a pipe holds it while calls may need to send a cancel.
 const PIPE_SLICE: Duration = Duration::from_millis(20);
 
@@ -168,6 +173,7 @@ impl ClientOptions {
                     cancellable: 0,
                     #[cfg(feature = "tokio")]
                     pump: false,
+                    answers: 0,
                 }),
                 cv: Condvar::new(),
                 #[cfg(feature = "tokio")]
@@ -190,6 +196,8 @@ struct State {
     /// A blocking task reads the connection for the async calls.
     #[cfg(feature = "tokio")]
     pump: bool,
+    /// Answers received so far (the pump stops after delivering some).
+    answers: u64,
 }
 
 struct Shared {
@@ -341,6 +349,8 @@ impl Client {
     ) -> Result<Reply> {
         let sh = &*self.shared;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut spin_until = Some(Instant::now() + ASYNC_SPIN);
+        let mut spun = false;
         loop {
             // An answer that arrives after the deadline is too late, as for a blocking call
             // whose time ran out first.
@@ -370,10 +380,25 @@ impl Client {
                     ));
                 }
                 if !st.pump && st.decoder.is_some() {
-                    st.pump = true;
-                    let c = self.clone();
-                    tokio::task::spawn_blocking(move || c.pump());
+                    // The only async call, and its answer may be close: look for it from this
+                    // task for a moment before handing the reading to a pump (a thread hop
+                    // each way).
+                    if st.cancellable == 1 && spin_until.is_some_and(|t| Instant::now() < t) {
+                        if let Some(dec) = st.decoder.take() {
+                            drop(self.read_some(st, dec, Some(Duration::ZERO)));
+                        }
+                        spun = true;
+                    } else {
+                        spin_until = None;
+                        st.pump = true;
+                        let c = self.clone();
+                        tokio::task::spawn_blocking(move || c.pump());
+                    }
                 }
+            }
+            if std::mem::take(&mut spun) {
+                tokio::task::yield_now().await;
+                continue;
             }
             match deadline {
                 None => woken.await,
@@ -398,7 +423,13 @@ impl Client {
             // A blocking caller reads: it wakes the async waiters when it gives the reading
             // back, and they start a pump again if still needed.
             let Some(dec) = st.decoder.take() else { break };
+            let before = st.answers;
             st = self.read_some(st, dec, Some(SLICE));
+            // Answers came: their callers take over (and look for the next ones themselves
+            // for a moment, a pump only if they must wait longer).
+            if st.answers != before {
+                break;
+            }
         }
         st.pump = false;
         drop(st);
@@ -490,6 +521,7 @@ impl Client {
                     Ok(Some(f)) => match st.proto.on_frame(f) {
                         Ok(ClientEvent::Reply { call_id, result }) => {
                             st.done.insert(call_id, result);
+                            st.answers += 1;
                         }
                         Ok(_) => {}
                         Err(e) => {

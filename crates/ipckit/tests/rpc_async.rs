@@ -2,7 +2,7 @@
 //! server and its connection goes on; `async fn` methods run on the server's tokio runtime
 //! without holding a thread (more calls wait at once than `max_calls`), with caller identity,
 //! context handles (rundown when the client is SIGKILLed), typed errors, timeouts and a
-//! graceful stop that waits for them.
+//! graceful stop that waits for them; a server SIGKILLed under waiting async calls.
 #![cfg(feature = "tokio")]
 
 mod common;
@@ -61,6 +61,7 @@ struct WaiterImpl {
     sleeping: Arc<AtomicBool>,
     arrived: AtomicUsize,
     ticks: AtomicUsize,
+    sleepers: Arc<AtomicUsize>,
     all_here: tokio::sync::Notify,
 }
 
@@ -129,6 +130,7 @@ impl Waiter for WaiterImpl {
     }
     async fn sleep(&self, ms: u64) -> u64 {
         self.sleeping.store(true, Ordering::SeqCst);
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         ms
     }
@@ -396,4 +398,67 @@ fn async_methods_have_identity_context_handles_errors_timeouts_and_stop() {
         wait_for(T, || rundowns.load(Ordering::SeqCst) == 3),
         "rundown after stop"
     );
+}
+
+/// A server SIGKILLed while async calls await it (the connection read for them by the pump):
+/// each fails with `RPC_S_CALL_FAILED` (1726), later calls find no server, nothing hangs.
+#[test]
+fn a_server_killed_under_waiting_async_calls_gives_clean_errors() {
+    let t = test_case!();
+    t.role("server", |ctx| {
+        let rt = runtime();
+        let imp = WaiterImpl::default();
+        let sleepers = imp.sleepers.clone();
+        let server = Server::new(
+            ServerOptions::new()
+                .namespace(ctx_ns(ctx))
+                .runtime(rt.handle().clone()),
+            vec![WaiterServer::new(imp)],
+        );
+        let b = server.listen(ctx.arg(0).unwrap())?.to_string();
+        ctx.send_str(&b)?;
+        ensure(
+            wait_for(T, || sleepers.load(Ordering::SeqCst) == 3),
+            "calls came",
+        )?;
+        ctx.send_str("sleeping")?;
+        std::thread::sleep(T * 4);
+        Ok(())
+    });
+    let rt = runtime();
+    for b in [
+        format!("ncalrpc:[{}]", unique_name("victim")),
+        format!(r"ncacn_np:\\.[\pipe\{}]", unique_name("victim")),
+        "ncacn_ip_tcp:127.0.0.1[0]".to_owned(),
+    ] {
+        let mut p = t.spawn("server").arg(&b).start();
+        let b = p.recv_str_timeout(T).unwrap();
+        let o = ClientOptions::new().namespace(ns_of(&t));
+        rt.block_on(async {
+            let c = WaiterAsyncClient::connect_with(&o, &b).await.unwrap();
+            assert_eq!(c.add(1, 1).await.unwrap(), 2, "{b}");
+            let calls: Vec<_> = (0..3)
+                .map(|_| {
+                    let c = c.clone();
+                    tokio::spawn(async move { c.sleep(600_000).await })
+                })
+                .collect();
+            p.expect("sleeping", T).unwrap();
+            p.kill().unwrap();
+            for h in calls {
+                let e = tokio::time::timeout(T, h)
+                    .await
+                    .expect("no hang")
+                    .unwrap()
+                    .unwrap_err();
+                assert_eq!(
+                    (e.kind(), e.win32_code()),
+                    (ipckit::ErrorKind::CallFailed, 1726),
+                    "{b}: {e}"
+                );
+            }
+            let e = c.add(1, 1).await.unwrap_err();
+            assert_eq!(e.kind(), ipckit::ErrorKind::ServerUnavailable, "{b}: {e}");
+        });
+    }
 }

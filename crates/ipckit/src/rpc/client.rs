@@ -21,9 +21,6 @@ const CALL_CANCELLED: u32 = 1818;
 #[cfg(feature = "tokio")]
 const ASYNC_SPIN: Duration = Duration::from_micros(20);
 
-/// How long a reader of a pipe holds it while calls may need to send a cancel.
-const PIPE_SLICE: Duration = Duration::from_millis(20);
-
 /// Settings of a [`Client`].
 ///
 /// Windows counterpart: the binding handle's options (`RpcMgmtSetComTimeout`,
@@ -189,9 +186,8 @@ struct State {
     decoder: Option<Decoder>,
     done: HashMap<u32, Result<Reply>>,
     dead: Option<(ErrorKind, String)>,
-    /// Calls of an [`AsyncClient`](super::AsyncClient) waiting: they may be cancelled from
-    /// another thread at any time, so on a link that cannot send while it receives (a pipe)
-    /// the reader must not block without end.
+    /// Calls of an [`AsyncClient`](super::AsyncClient) waiting (a pump reads for them while
+    /// no blocking caller does).
     cancellable: usize,
     /// A blocking task reads the connection for the async calls.
     #[cfg(feature = "tokio")]
@@ -468,16 +464,7 @@ impl Client {
                 .with_win32_code(CALL_CANCELLED));
             }
             match st.decoder.take() {
-                Some(dec) => {
-                    // A pipe cannot send while it receives: read in slices while a cancel
-                    // may have to go out.
-                    let left = if st.cancellable > 0 && !sh.link.full_duplex() {
-                        Some(left.map_or(PIPE_SLICE, |l| l.min(PIPE_SLICE)))
-                    } else {
-                        left
-                    };
-                    st = self.read_some(st, dec, left);
-                }
+                Some(dec) => st = self.read_some(st, dec, left),
                 None => {
                     st = match left {
                         Some(l) => {
@@ -576,16 +563,38 @@ impl Client {
         opnum: u16,
         args: &A,
     ) -> std::result::Result<T, CallError<E>> {
-        let bytes = encode(args)?;
-        let reply = self.call_raw(opnum, &bytes, false)?;
+        let reply = with_encoded(args, |bytes| self.call_raw(opnum, bytes, false))??;
         decode_reply(&reply)
     }
 
     /// Sends a one-way call (`[maybe]`): no answer, no result.
     pub fn call_oneway<A: Serialize>(&self, opnum: u16, args: &A) -> Result<()> {
-        let bytes = encode(args)?;
-        self.call_raw(opnum, &bytes, true).map(|_| ())
+        with_encoded(args, |bytes| self.call_raw(opnum, bytes, true).map(|_| ()))?
     }
+}
+
+/// Largest encoding buffer a thread keeps for its next call.
+const KEEP_ENCODED: usize = 2 << 20;
+
+thread_local! {
+    /// The buffer this thread's last call encoded its arguments in: calls reuse it rather than
+    /// allocate (a fresh buffer of a megabyte or more is also a fresh mapping whose pages
+    /// fault in one by one).
+    static ENCODED: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on the encoding of `args`, in this thread's reusable buffer.
+fn with_encoded<A: Serialize + ?Sized, R>(args: &A, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+    let mut buf = ENCODED.with(|b| b.take());
+    buf.clear();
+    let buf = postcard::to_extend(args, buf).map_err(|e| {
+        Error::with_message(ErrorKind::InvalidParameter, format!("cannot encode: {e}"))
+    })?;
+    let r = f(&buf);
+    if buf.capacity() <= KEEP_ENCODED {
+        ENCODED.with(|b| b.set(buf));
+    }
+    Ok(r)
 }
 
 /// Encodes a value as RPC arguments or results (postcard).

@@ -24,11 +24,6 @@ pub(crate) trait Link: Send + Sync + 'static {
     fn recv(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>>;
     /// Ends the connection both ways (a thread blocked in `recv` wakes with the end).
     fn shutdown(&self);
-    /// Whether sends and receives may run at the same time from different threads: true of
-    /// every link here, pipes included.
-    fn full_duplex(&self) -> bool {
-        true
-    }
 }
 
 /// A Unix or TCP stream socket.

@@ -167,6 +167,7 @@ impl ClientOptions {
                     decoder: Some(dec),
                     done: HashMap::new(),
                     dead: None,
+                    #[cfg(feature = "tokio")]
                     cancellable: 0,
                     #[cfg(feature = "tokio")]
                     pump: false,
@@ -188,6 +189,7 @@ struct State {
     dead: Option<(ErrorKind, String)>,
     /// Calls of an [`AsyncClient`](super::AsyncClient) waiting (a pump reads for them while
     /// no blocking caller does).
+    #[cfg(feature = "tokio")]
     cancellable: usize,
     /// A blocking task reads the connection for the async calls.
     #[cfg(feature = "tokio")]

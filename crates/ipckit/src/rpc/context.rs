@@ -118,8 +118,28 @@ pub struct CallContext {
     pub(crate) call_id: u32,
     pub(crate) opnum: u16,
     pub(crate) deadline: Option<Instant>,
-    pub(crate) cancelled: Arc<AtomicBool>,
+    pub(crate) cancelled: Arc<CancelFlag>,
     pub(crate) contexts: Arc<ContextTable>,
+}
+
+/// Set when the client cancels a call; wakes the call's [`CallContext::cancelled`] futures.
+#[derive(Debug, Default)]
+pub(crate) struct CancelFlag {
+    set: AtomicBool,
+    #[cfg(feature = "tokio")]
+    notify: tokio::sync::Notify,
+}
+
+impl CancelFlag {
+    pub(crate) fn cancel(&self) {
+        self.set.store(true, Ordering::Release);
+        #[cfg(feature = "tokio")]
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
 }
 
 impl CallContext {
@@ -130,7 +150,7 @@ impl CallContext {
             call_id: 0,
             opnum: 0,
             deadline: None,
-            cancelled: Arc::new(AtomicBool::new(false)),
+            cancelled: Arc::default(),
             contexts: Arc::default(),
         }
     }
@@ -155,7 +175,7 @@ impl CallContext {
     /// Whether the client cancelled the call (or gave up waiting). Windows:
     /// `RpcServerTestCancel`. A long method should check it and return early.
     pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire) || self.deadline.is_some_and(|d| Instant::now() >= d)
+        self.cancelled.is_set() || self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     /// Completes when [`is_cancelled`](Self::is_cancelled) becomes true: the client cancelled
@@ -164,20 +184,24 @@ impl CallContext {
     /// work in `tokio::select!`.
     ///
     /// Windows counterpart: an asynchronous server routine learns of `RpcAsyncCancelCall` by
-    /// polling `RpcServerTestCancel`; ipckit polls too, every millisecond at first, backing
-    /// off to every 10 ms (so the cancel is seen up to 10 ms late), and wakes exactly at the
-    /// deadline.
+    /// polling `RpcServerTestCancel`. Difference: no polling here; the future wakes as soon as
+    /// the connection's reader receives the cancel, or exactly at the deadline.
     #[cfg(feature = "tokio")]
     pub async fn cancelled(&self) {
-        const MAX_STEP: std::time::Duration = std::time::Duration::from_millis(10);
-        let mut step = std::time::Duration::from_millis(1);
-        while !self.is_cancelled() {
-            let mut wake = Instant::now() + step;
-            if let Some(d) = self.deadline {
-                wake = wake.min(d);
+        loop {
+            let woken = self.cancelled.notify.notified();
+            tokio::pin!(woken);
+            // Registered before looking, so that a cancel in between still wakes us.
+            woken.as_mut().enable();
+            if self.is_cancelled() {
+                return;
             }
-            tokio::time::sleep_until(wake.into()).await;
-            step = (step * 2).min(MAX_STEP);
+            match self.deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), woken).await;
+                }
+                None => woken.await,
+            }
         }
     }
 

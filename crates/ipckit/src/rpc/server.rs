@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::context::{CallContext, Caller, ContextTable};
+use super::context::{CallContext, Caller, CancelFlag, ContextTable};
 use super::link::{self, Link, PipeLink, SockLink, SockListener};
 use super::proto::{self, Decoder, Outcome, ServerEvent, ServerProto, status};
 use super::{Binding, InterfaceId, Protseq};
@@ -233,7 +233,7 @@ struct Conn {
     proto: Mutex<ServerProto>,
     caller: Arc<Caller>,
     contexts: Arc<ContextTable>,
-    cancels: Mutex<HashMap<u32, Arc<AtomicBool>>>,
+    cancels: Mutex<HashMap<u32, Arc<CancelFlag>>>,
     /// Answers completed in the protocol state but not yet written: a graceful stop waits for
     /// them too (the state's in-flight count drops before the answer is sent).
     answering: AtomicUsize,
@@ -908,7 +908,7 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, dec: &mut Decoder, rescui
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&call_id)
                     {
-                        flag.store(true, Ordering::Release);
+                        flag.cancel();
                     }
                     if conn.link.send(&[&fault]).is_err() {
                         return Flow::Close;
@@ -920,7 +920,7 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, dec: &mut Decoder, rescui
                         (Some(a), Some(b)) => Some(received + a.min(b)),
                         (a, b) => a.or(b).map(|t| received + t),
                     };
-                    let cancelled = Arc::new(AtomicBool::new(false));
+                    let cancelled = Arc::new(CancelFlag::default());
                     if !call.oneway {
                         conn.cancels
                             .lock()
@@ -946,12 +946,15 @@ fn run_call(
     conn: &Arc<Conn>,
     call: proto::Call,
     deadline: Option<Instant>,
-    cancelled: Arc<AtomicBool>,
+    cancelled: Arc<CancelFlag>,
 ) {
     let id = call.call_id;
     let outcome = if shared.stopping.load(Ordering::Acquire) {
         Outcome::Fault(status::SERVER_UNAVAILABLE, "the server is stopping".into())
-    } else if deadline.is_some_and(|d| Instant::now() >= d) || cancelled.load(Ordering::Acquire) {
+    } else if deadline.is_some_and(|d| Instant::now() >= d) || cancelled.is_set() {
+        // Counted as being answered before the protocol state lets go of the call, so that a
+        // graceful stop waits for the fault to go out.
+        conn.answering.fetch_add(1, Ordering::AcqRel);
         let out = conn
             .proto
             .lock()
@@ -964,6 +967,7 @@ fn run_call(
         if let Some(bytes) = out {
             let _ = conn.link.send(&[&bytes]);
         }
+        conn.answering.fetch_sub(1, Ordering::AcqRel);
         return;
     } else {
         let idx = conn

@@ -137,3 +137,29 @@ fn tour_measures_an_rpc_call_between_two_processes() {
     assert!(!line.contains('?'), "a measurement is missing: {line}");
     assert!(line.contains("x a raw socket exchange"), "{line}");
 }
+
+#[test]
+fn ls_shows_live_ncalrpc_endpoints_and_forgets_dead_ones() {
+    let t = test_case!();
+    let (mut srv, bindings) = serve(&t);
+    let endpoints = |t: &TestCase| -> Vec<serde_json::Value> {
+        let ls: serde_json::Value = serde_json::from_str(&ok(t, &["ls", "--json"])).unwrap();
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == "ncalrpc")
+            .cloned()
+            .collect()
+    };
+    let rows = endpoints(&t);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    // Endpoints are case-insensitive: shown lower-cased.
+    assert_eq!(rows[0]["name"], bindings[0].to_lowercase(), "{rows:?}");
+    assert_eq!(rows[0]["holders"][0], srv.pid());
+    assert!(ok(&t, &["ls"]).contains(&bindings[0].to_lowercase()));
+    // Killed, its socket file stays behind; ls finds nobody listening and removes it.
+    srv.kill().unwrap();
+    assert!(endpoints(&t).is_empty());
+    let rpc_dir = t.namespace().join("rpc");
+    assert_eq!(std::fs::read_dir(rpc_dir).unwrap().count(), 0);
+}

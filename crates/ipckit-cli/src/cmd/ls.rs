@@ -202,6 +202,25 @@ fn shared_pipe_rows(ns: &Namespace, e: &Entry) -> ipckit::Result<Vec<Row>> {
         .collect())
 }
 
+/// The live `ncalrpc` endpoints (sockets in `RUNTIME/rpc/`), registered with the broker or not.
+fn rpc_rows(ns: &Namespace) -> ipckit::Result<Vec<Row>> {
+    Ok(ipckit::rpc::local_endpoints(ns)?
+        .into_iter()
+        .map(|e| Row {
+            kind: "ncalrpc".to_owned(),
+            scope: Scope::Local,
+            name: format!(
+                "ncalrpc:[{}]",
+                e.endpoint.as_deref().unwrap_or("(long name)")
+            ),
+            os_name: e.path.display().to_string(),
+            size: None,
+            holders: vec![e.server_pid],
+            details: serde_json::Value::Null,
+        })
+        .collect())
+}
+
 /// What the broker holds (RPC endpoints, windows, DDE services, ...), when one runs: `ls` never
 /// starts it, and without it lists the namespace folders alone.
 fn broker_rows(ns: &Namespace) -> Vec<Row> {
@@ -284,6 +303,7 @@ pub fn run(args: Args) -> CmdResult {
             rows.push(r);
         }
     }
+    rows.extend(rpc_rows(&ns)?);
     rows.extend(broker_rows(&ns));
     if args.json {
         let list: Vec<_> = rows

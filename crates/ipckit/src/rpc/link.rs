@@ -172,6 +172,63 @@ pub(crate) fn lrpc_dir(ns: &Namespace) -> Result<SecureDir> {
     ns.folder_root()?.subdir("rpc", DirPolicy::Private)
 }
 
+/// A live `ncalrpc` endpoint of a namespace: what `ipckit ls` shows.
+///
+/// Windows counterpart: the ALPC ports of `\\RPC Control` (as `WinObj` lists them), or
+/// `RpcMgmtEpEltInqBegin` for the registered ones. Difference: every `ncalrpc` endpoint of the
+/// user is found here, registered with the endpoint mapper or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    /// The endpoint's name (lower-cased, as endpoints are case-insensitive); `None` for a long
+    /// name stored hashed.
+    pub endpoint: Option<String>,
+    /// The process listening there (from the socket's credentials).
+    pub server_pid: u32,
+    /// The socket file.
+    pub path: std::path::PathBuf,
+}
+
+/// The live `ncalrpc` endpoints of `ns`. Each is looked at by connecting to it (the server
+/// sees a connection that ends at once); a socket file nobody listens on any more is removed.
+/// Nothing is created: without the `rpc` folder the list is empty.
+pub fn local_endpoints(ns: &Namespace) -> Result<Vec<LocalEndpoint>> {
+    let folder = ns.runtime_dir().join("rpc");
+    let names: Vec<String> = match std::fs::read_dir(&folder) {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::from_io(
+                format!("cannot list {}", folder.display()),
+                e,
+            ));
+        }
+    };
+    let dir = lrpc_dir(ns)?;
+    let mut out = Vec::new();
+    for name in names {
+        match socket::connect_at(&dir, dir.path(), &name) {
+            Ok(fd) => {
+                if let Ok(c) = socket::peer_cred(&fd) {
+                    out.push(LocalEndpoint {
+                        endpoint: crate::name::decode_component(&name),
+                        server_pid: c.pid,
+                        path: dir.path().join(&name),
+                    });
+                }
+            }
+            Err(rustix::io::Errno::CONNREFUSED) => {
+                let _ = fd::remove_file(&dir, dir.path(), &name);
+            }
+            Err(_) => {}
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
 /// The socket's file name for an `ncalrpc` endpoint (endpoints are case-insensitive).
 pub(crate) fn lrpc_component(endpoint: &str) -> String {
     encode_component(&endpoint.to_lowercase(), 40)

@@ -552,3 +552,75 @@ impl Link for LrpcClientLink {
         socket::shutdown(&self.fd, true, true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A link over a fresh channel pair in a private namespace, both ends in this process: the
+    /// test of the byte stream the channels carry (the processes are in `tests/rpc_shm.rs`).
+    fn pair(slot: u32) -> (ShmLink, ShmLink, std::path::PathBuf) {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ipckit-shm-link-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let ns = Namespace::at(&dir);
+        let b = |name: &str| {
+            Channel::builder()
+                .name(name)
+                .unwrap()
+                .capacity(4)
+                .max_message(slot)
+                .namespace(ns.clone())
+        };
+        let a_rx = b("a").receiver().unwrap();
+        let b_rx = b("b").receiver().unwrap();
+        let a = ShmLink::new(b("b").sender().unwrap(), a_rx);
+        let bl = ShmLink::new(b("a").sender().unwrap(), b_rx);
+        (a, bl, dir)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the parts sent and the buffers received into, the bytes arrive once, in
+        /// order (messages cut at slot size, buffers shorter than a message).
+        #[test]
+        fn the_byte_stream_survives_any_cutting(
+            sends in proptest::collection::vec(
+                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..4),
+                1..12,
+            ),
+            slot in 16u32..200,
+            buf in 1usize..500,
+        ) {
+            let (a, b, dir) = pair(slot);
+            let want: Vec<u8> = sends.iter().flatten().flatten().copied().collect();
+            let writer = std::thread::spawn(move || {
+                for parts in &sends {
+                    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+                    a.send(&refs).unwrap();
+                }
+                a
+            });
+            let mut got = Vec::new();
+            let mut scratch = vec![0u8; buf];
+            while got.len() < want.len() {
+                let n = b.recv(&mut scratch, Some(Duration::from_secs(10))).unwrap().unwrap();
+                prop_assert!(n > 0);
+                got.extend_from_slice(&scratch[..n]);
+            }
+            let a = writer.join().unwrap();
+            prop_assert_eq!(&got, &want);
+            // Nothing more: the next receive times out.
+            prop_assert_eq!(b.recv(&mut scratch, Some(Duration::ZERO)).unwrap(), None);
+            // Closed from another thread: a wait ends with the end of the stream.
+            b.shutdown();
+            prop_assert_eq!(b.recv(&mut scratch, None).unwrap(), Some(0));
+            drop((a, b));
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -141,6 +141,9 @@ impl AsyncClient {
     pub async fn call_raw(&self, opnum: u16, args: Vec<u8>) -> Result<Reply> {
         let c = &self.inner;
         let timeout = c.timeout();
+        // The deadline runs from before the request goes out, so that it never falls after the
+        // server's (which runs from the request's arrival).
+        let began = std::time::Instant::now();
         let slot = Arc::new(Mutex::new(Slot::Unsent));
         c.async_calls(1);
         let _guard = CancelOnDrop {
@@ -171,7 +174,7 @@ impl AsyncClient {
                 "the call was not sent",
             ));
         };
-        let r = c.wait_async(id, opnum, timeout).await;
+        let r = c.wait_async(id, opnum, timeout, began).await;
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Done;
         r
     }

@@ -279,11 +279,14 @@ impl Client {
         oneway: bool,
         timeout: Option<Duration>,
     ) -> Result<Reply> {
+        // The deadline runs from before the request goes out, so that it never falls after the
+        // server's (which runs from the request's arrival).
+        let began = Instant::now();
         let id = self.start(opnum, args, oneway, timeout)?;
         if oneway {
             return Ok(Reply::empty());
         }
-        self.wait(id, opnum, timeout)
+        self.wait(id, opnum, timeout, began)
     }
 
     /// Sends a request; its call id (for [`wait`](Self::wait) or [`cancel`](Self::cancel)).
@@ -344,9 +347,10 @@ impl Client {
         id: u32,
         opnum: u16,
         timeout: Option<Duration>,
+        began: Instant,
     ) -> Result<Reply> {
         let sh = &*self.shared;
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = timeout.map(|t| tokio::time::Instant::from_std(began) + t);
         let mut spin_until = Some(Instant::now() + ASYNC_SPIN);
         let mut spun = false;
         loop {
@@ -434,10 +438,16 @@ impl Client {
         self.wake_all();
     }
 
-    /// Waits for the answer to call `id` (at most `timeout`, then cancels it).
-    pub(crate) fn wait(&self, id: u32, opnum: u16, timeout: Option<Duration>) -> Result<Reply> {
+    /// Waits for the answer to call `id` (at most `timeout` from `began`, then cancels it).
+    pub(crate) fn wait(
+        &self,
+        id: u32,
+        opnum: u16,
+        timeout: Option<Duration>,
+        began: Instant,
+    ) -> Result<Reply> {
         let sh = &*self.shared;
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.map(|t| began + t);
         let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(r) = st.done.remove(&id) {

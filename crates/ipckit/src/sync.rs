@@ -32,7 +32,10 @@
 //!   with [`WaitStatus::Abandoned`].
 //! - **Event**: manual-reset (stays signalled, releasing every waiter, until reset) or
 //!   auto-reset (each set releases exactly one waiter, then resets; with no waiter it stays
-//!   signalled until one comes).
+//!   signalled until one comes). A set is final once it returns: `set` immediately followed by
+//!   `reset` releases one waiter of an auto-reset event that has waiters (the event is handed
+//!   to them, it does not become signalled), and every waiter that was waiting on a
+//!   manual-reset event.
 //! - **Semaphore**: a count between 0 and a maximum; a wait takes one; `release(n)` returns the
 //!   previous count, and fails with [`ErrorKind::TooManyPosts`], changing nothing, if the count
 //!   would pass the maximum.
@@ -57,11 +60,19 @@
 //! - The owner of a mutex is identified by thread id; if the owner dies and its id is reused by
 //!   a new thread before a waiter checks, the abandonment is seen only when that thread ends.
 //! - At most 64 objects per wait, as `MAXIMUM_WAIT_OBJECTS`.
-//! - `set` immediately followed by `reset` releases the waiters of a manual-reset event that
-//!   were waiting, as on Windows; for an auto-reset event, a waiter that wakes only after the
-//!   reset finds it unsignalled and sleeps again (Windows would have released one).
+//! - Which waiter an auto-reset set is handed to is not chosen at the set: the first registered
+//!   waiter that wakes claims it. A thread that starts waiting just after the set may claim it
+//!   before a thread that was already asleep (still exactly one is released per set).
+//! - A `wait_all` caller, or a `wait_any` caller that got another object at the same moment,
+//!   that is handed an auto-reset event gives it back as *signalled* (so that another waiter
+//!   takes it): a reset that comes first then cancels that release.
+//! - A waiter killed (SIGKILL) while asleep on an event stays counted as a sleeper. A later set
+//!   of an auto-reset event may be handed to it; that release is not lost but goes to the next
+//!   thread that waits on the event (until then the event does not look signalled), and up to
+//!   one such release per dead sleeper can be held this way (Windows would merge sets made
+//!   while nobody waits). The event's state is reinitialised when its last holder closes it.
 
-use std::sync::atomic::{AtomicU32, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -195,6 +206,16 @@ impl Shared {
         // base, STATE_OFFSET a multiple of 64), and the region lives as long as `&self`. Other
         // processes change these words only through atomics too.
         unsafe { AtomicU32::from_ptr(self.region.as_ptr().add(STATE_OFFSET + 4 * i).cast()) }
+    }
+
+    /// Words `i` and `i + 1` of the state area as one 64-bit word (`i` even).
+    fn word64(&self, i: usize) -> &AtomicU64 {
+        assert!(i.is_multiple_of(2) && STATE_OFFSET + 4 * (i + 2) <= self.region.len());
+        // SAFETY: the offset is inside the mapped page (asserted) and 8-byte aligned (page-aligned
+        // base, STATE_OFFSET a multiple of 64, `i` even), and the region lives as long as
+        // `&self`. Other processes access these bytes only through 64-bit atomics too (never as
+        // two 32-bit words).
+        unsafe { AtomicU64::from_ptr(self.region.as_ptr().add(STATE_OFFSET + 4 * i).cast()) }
     }
 }
 
@@ -470,12 +491,28 @@ impl Drop for MutexGuard<'_> {
 
 /// A named or unnamed event. Windows: the handle from `CreateEvent` / `OpenEvent`.
 ///
-/// State words: 0 = signalled (0/1), 1 = number of sleeping waiters.
+/// State: word 0 = bit 0 signalled, bits 1–31 a generation that every set advances (the word
+/// sleepers wait on); words 2–3, one 64-bit word = the queue: low half the number of registered
+/// sleepers, high half the releases handed to them and not yet claimed (auto-reset only).
+/// Word 1 is unused (0).
 #[derive(Debug)]
 pub struct Event {
     shared: Shared,
     manual: bool,
     existed: bool,
+}
+
+/// One registered sleeper in an event's queue word.
+const SLEEPER: u64 = 1;
+/// One release handed to the sleepers of an auto-reset event, in its queue word.
+const HANDOFF: u64 = 1 << 32;
+
+fn sleepers(queue: u64) -> u32 {
+    queue as u32
+}
+
+fn handoffs(queue: u64) -> u32 {
+    (queue >> 32) as u32
 }
 
 impl Event {
@@ -522,30 +559,58 @@ impl Event {
         self.shared.word(0)
     }
 
-    fn waiters(&self) -> &AtomicU32 {
-        self.shared.word(1)
+    /// Registered sleepers (low half) and releases handed to them (high half).
+    fn queue(&self) -> &AtomicU64 {
+        self.shared.word64(2)
     }
 
     /// Signals the event. Windows: `SetEvent`.
+    ///
+    /// On an auto-reset event that has sleeping waiters not yet served, the set is handed to
+    /// them (one of them will return, whatever happens to the event afterwards, a
+    /// [`reset`](Self::reset) included) and the event stays non-signalled; otherwise the event
+    /// becomes signalled. On a manual-reset event, every thread waiting when the set happens is
+    /// released, even if a reset follows at once.
     pub fn set(&self) -> Result<()> {
-        // Signalled, and one more set in the generation bits: a waiter of a manual-reset event
-        // that sees the generation move was released by this set, even if a reset follows.
-        let _ = self.state().fetch_update(SeqCst, SeqCst, |s| {
-            Some((((s >> 1).wrapping_add(1)) << 1) | 1)
-        });
-        if self.waiters().load(SeqCst) != 0 {
-            futex::wake_all(self.state());
-        }
+        let handed = !self.manual
+            && self
+                .queue()
+                .fetch_update(SeqCst, SeqCst, |q| {
+                    (sleepers(q) > handoffs(q)).then_some(q.wrapping_add(HANDOFF))
+                })
+                .is_ok();
+        self.signal(!handed);
         Ok(())
     }
 
-    /// Makes the event non-signalled. Windows: `ResetEvent`.
+    /// Advances the generation (so that sleepers' futex values change), sets bit 0 when
+    /// `signalled`, and wakes sleepers: one for a handed release (any sleeper that wakes claims
+    /// it), all for a signalled state.
+    fn signal(&self, signalled: bool) {
+        let bit = u32::from(signalled);
+        let _ = self.state().fetch_update(SeqCst, SeqCst, |s| {
+            Some((((s >> 1).wrapping_add(1)) << 1) | (s & 1) | bit)
+        });
+        // Read the sleepers after the state changed: a sleeper that registered too late to be
+        // counted here reads the new state before it sleeps.
+        if sleepers(self.queue().load(SeqCst)) != 0 {
+            if signalled {
+                futex::wake_all(self.state());
+            } else {
+                futex::wake(self.state(), 1);
+            }
+        }
+    }
+
+    /// Makes the event non-signalled. Windows: `ResetEvent`. Releases already handed to
+    /// sleeping waiters by earlier sets are not taken back.
     pub fn reset(&self) -> Result<()> {
         self.state().fetch_and(!1, SeqCst);
         Ok(())
     }
 
-    /// Whether the event is signalled now (does not consume an auto-reset event).
+    /// Whether the event is signalled now (does not consume an auto-reset event). A set handed
+    /// to a sleeping waiter leaves it non-signalled, as on Windows.
     pub fn is_set(&self) -> bool {
         self.state().load(SeqCst) & 1 != 0
     }
@@ -575,6 +640,45 @@ impl Event {
     /// must not miss a set followed at once by a reset.
     fn generation(&self) -> u32 {
         self.state().load(SeqCst) >> 1
+    }
+
+    /// Registers the caller as a sleeper. [`ErrorKind::Protocol`] if the count is full (only a
+    /// corrupted word gets there: it would take 2³²−1 sleeping threads).
+    fn register(&self) -> Result<()> {
+        self.queue()
+            .fetch_update(SeqCst, SeqCst, |q| {
+                (sleepers(q) < u32::MAX).then_some(q + SLEEPER)
+            })
+            .map(|_| ())
+            .map_err(|_| Error::with_message(ErrorKind::Protocol, "event sleeper count is full"))
+    }
+
+    /// Unregisters the caller; on an auto-reset event, claims a handed release if there is one
+    /// (then returns true: the caller was released). Tolerates a corrupted queue word (never
+    /// goes below zero).
+    fn unregister(&self) -> bool {
+        let manual = self.manual;
+        let mut claimed = false;
+        let _ = self.queue().fetch_update(SeqCst, SeqCst, |q| {
+            claimed = false;
+            if sleepers(q) == 0 {
+                return None;
+            }
+            if !manual && handoffs(q) > 0 {
+                claimed = true;
+                return Some(q - SLEEPER - HANDOFF);
+            }
+            Some(q - SLEEPER)
+        });
+        claimed
+    }
+
+    /// Gives back an auto-reset event taken by a waiter that cannot keep it: signalled again,
+    /// not handed to a sleeper (that could pass it back and forth between `wait_all` callers).
+    fn restore(&self) {
+        if !self.manual {
+            self.signal(true);
+        }
     }
 }
 
@@ -724,6 +828,18 @@ mod sealed {
     impl Sealed for super::Semaphore {}
 }
 
+/// What registering as a sleeper on an object found.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Armed<'a> {
+    /// Registered: sleep while the word holds the value.
+    Sleep(&'a AtomicU32, u32),
+    /// Not registered: the object may be available now, try again.
+    Ready,
+    /// Not registered: the object was handed to the caller (an auto-reset event's set).
+    Handed,
+}
+
 /// What one attempt to take an object took.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
@@ -753,13 +869,14 @@ pub trait Waitable: sealed::Sealed + std::fmt::Debug + Send + Sync {
     /// Whether an attempt would succeed now; takes nothing.
     #[doc(hidden)]
     fn available(&self, check_owner: bool) -> bool;
-    /// Registers as a sleeper; returns the word and value to sleep on, or `None` if the
-    /// object may be available now (then nothing is registered).
+    /// Registers as a sleeper; returns the word and value to sleep on, or what made sleeping
+    /// needless (then nothing is registered).
     #[doc(hidden)]
-    fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)>;
-    /// Undoes `arm_for_wait`.
+    fn arm_for_wait(&self) -> Result<Armed<'_>>;
+    /// Undoes `arm_for_wait`; true if the object was handed to this waiter meanwhile (an
+    /// auto-reset event set while it slept): the waiter then holds it.
     #[doc(hidden)]
-    fn disarm(&self);
+    fn disarm(&self) -> bool;
     /// Gives back what `try_take_for_wait` took (for `wait_all`'s all-or-nothing).
     #[doc(hidden)]
     fn give_back(&self, taken: &Taken) -> Result<()>;
@@ -794,10 +911,14 @@ impl Waitable for Mutex {
     fn available(&self, check_owner: bool) -> bool {
         Mutex::available(self, check_owner)
     }
-    fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
-        self.arm().map(|v| (self.lock_word(), v))
+    fn arm_for_wait(&self) -> Result<Armed<'_>> {
+        Ok(self
+            .arm()
+            .map_or(Armed::Ready, |v| Armed::Sleep(self.lock_word(), v)))
     }
-    fn disarm(&self) {}
+    fn disarm(&self) -> bool {
+        false
+    }
     fn give_back(&self, taken: &Taken) -> Result<()> {
         self.untake(taken)
     }
@@ -806,20 +927,20 @@ impl Waitable for Mutex {
     }
 }
 
-/// Shared arm/disarm for events and semaphores: count ourselves as a waiter, then re-check.
-/// `ready` says whether the word's value means "available"; otherwise sleep on that value.
+/// Arm for semaphores: count ourselves as a waiter, then re-check. `ready` says whether the
+/// word's value means "available"; otherwise sleep on that value.
 fn arm_counter<'a>(
     word: &'a AtomicU32,
     waiters: &AtomicU32,
     ready: impl Fn(u32) -> bool,
-) -> Option<(&'a AtomicU32, u32)> {
+) -> Armed<'a> {
     waiters.fetch_add(1, SeqCst);
     let v = word.load(SeqCst);
     if ready(v) {
         waiters.fetch_sub(1, SeqCst);
-        return None;
+        return Armed::Ready;
     }
-    Some((word, v))
+    Armed::Sleep(word, v)
 }
 
 impl Waitable for Event {
@@ -832,8 +953,20 @@ impl Waitable for Event {
     fn available(&self, _: bool) -> bool {
         self.is_set()
     }
-    fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
-        arm_counter(self.state(), self.waiters(), |v| v & 1 != 0)
+    fn arm_for_wait(&self) -> Result<Armed<'_>> {
+        self.register()?;
+        // Read the state after registering: a set that did not count us changed it before.
+        let v = self.state().load(SeqCst);
+        // Then look for a handed release: one handed before the state changed is seen here.
+        let handed = !self.manual && handoffs(self.queue().load(SeqCst)) > 0;
+        if v & 1 != 0 || handed {
+            return Ok(if self.unregister() {
+                Armed::Handed
+            } else {
+                Armed::Ready
+            });
+        }
+        Ok(Armed::Sleep(self.state(), v))
     }
     fn epoch(&self) -> u32 {
         if self.manual { self.generation() } else { 0 }
@@ -841,11 +974,12 @@ impl Waitable for Event {
     fn set_since(&self, epoch: u32) -> bool {
         self.manual && self.generation() != epoch
     }
-    fn disarm(&self) {
-        self.waiters().fetch_sub(1, SeqCst);
+    fn disarm(&self) -> bool {
+        self.unregister()
     }
     fn give_back(&self, _: &Taken) -> Result<()> {
-        if self.manual { Ok(()) } else { self.set() }
+        self.restore();
+        Ok(())
     }
 }
 
@@ -859,11 +993,12 @@ impl Waitable for Semaphore {
     fn available(&self, _: bool) -> bool {
         self.count_now() > 0
     }
-    fn arm_for_wait(&self) -> Option<(&AtomicU32, u32)> {
-        arm_counter(self.count(), self.waiters(), |v| v != 0)
+    fn arm_for_wait(&self) -> Result<Armed<'_>> {
+        Ok(arm_counter(self.count(), self.waiters(), |v| v != 0))
     }
-    fn disarm(&self) {
+    fn disarm(&self) -> bool {
         self.waiters().fetch_sub(1, SeqCst);
+        false
     }
     fn give_back(&self, _: &Taken) -> Result<()> {
         // The unit goes back even if a release filled the count meanwhile: never lose one.
@@ -925,19 +1060,24 @@ fn sleep_on(
     let mut words = [(&UNUSED, 0u32); MAXIMUM_WAIT_OBJECTS];
     let mut armed = 0;
     let mut ready = false;
-    for o in objects {
+    let mut handed = None;
+    let mut error = None;
+    for (i, o) in objects.iter().enumerate() {
         match o.arm_for_wait() {
-            Some(w) => {
-                words[armed] = w;
+            Ok(Armed::Sleep(w, v)) => {
+                words[armed] = (w, v);
                 armed += 1;
+                continue;
             }
-            None => {
-                ready = true;
-                break;
-            }
+            Ok(Armed::Ready) => ready = true,
+            Ok(Armed::Handed) => handed = Some(i),
+            Err(e) => error = Some(e),
         }
+        break;
     }
-    let end = if ready {
+    let end = if let Some(e) = error {
+        Err(e)
+    } else if ready || handed.is_some() {
         Ok(SleepEnd::Woke)
     } else {
         let has_mutex = objects.iter().any(|o| o.is_mutex());
@@ -953,10 +1093,26 @@ fn sleep_on(
             Err(e) => Err(e),
         }
     };
-    for o in &objects[..armed] {
-        o.disarm();
+    // Unregister everywhere, even on an error: a release handed to us meanwhile is ours.
+    for (i, o) in objects[..armed].iter().enumerate() {
+        if o.disarm() {
+            match handed {
+                None => handed = Some(i),
+                // Only one object can be returned: the others go back to being signalled.
+                Some(_) => {
+                    let _ = o.give_back(&Taken::plain(WaitStatus::Signaled));
+                }
+            }
+        }
     }
-    end
+    match (handed, end) {
+        (Some(i), Ok(_)) => Ok(SleepEnd::Handed(i)),
+        (Some(i), Err(e)) => {
+            let _ = objects[i].give_back(&Taken::plain(WaitStatus::Signaled));
+            Err(e)
+        }
+        (None, end) => end,
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -964,6 +1120,9 @@ enum SleepEnd {
     /// Something may have changed, or an owner check is due.
     Woke,
     Deadline,
+    /// The object at this index was handed to the waiter (an auto-reset event's set), which
+    /// now holds it.
+    Handed(usize),
 }
 
 fn wait_any_inner(
@@ -990,10 +1149,14 @@ fn wait_any_inner(
         if last_try {
             return Err(timeout_error());
         }
-        if sleep_on(objects, deadline, &checks)? == SleepEnd::Deadline {
-            last_try = true;
-            check_owner = true;
-            continue;
+        match sleep_on(objects, deadline, &checks)? {
+            SleepEnd::Handed(i) => return Ok((i, WaitStatus::Signaled)),
+            SleepEnd::Deadline => {
+                last_try = true;
+                check_owner = true;
+                continue;
+            }
+            SleepEnd::Woke => {}
         }
         check_owner = checks.due();
     }
@@ -1070,10 +1233,20 @@ pub fn wait_all(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<
             return Err(timeout_error());
         }
         let i = missing.unwrap_or_default();
-        if sleep_on(&objects[i..=i], deadline, &checks)? == SleepEnd::Deadline {
-            last_try = true;
-            check_owner = true;
-            continue;
+        match sleep_on(&objects[i..=i], deadline, &checks)? {
+            // Handed an auto-reset event: keeping it would mean taking the others one by one.
+            // It goes back to being signalled, which the next look finds.
+            SleepEnd::Handed(_) => {
+                if let Err(e) = objects[i].give_back(&Taken::plain(WaitStatus::Signaled)) {
+                    tracing::warn!("wait_all could not give back object {i}: {e}");
+                }
+            }
+            SleepEnd::Deadline => {
+                last_try = true;
+                check_owner = true;
+                continue;
+            }
+            SleepEnd::Woke => {}
         }
         check_owner = checks.due();
     }
@@ -1108,7 +1281,7 @@ mod tests {
                 e.wait(Some(Duration::from_secs(20)))
             });
             // Set and reset only once the waiter sleeps.
-            while e.waiters().load(SeqCst) == 0 {
+            while sleepers(e.queue().load(SeqCst)) == 0 {
                 std::thread::yield_now();
             }
             e.set().unwrap();

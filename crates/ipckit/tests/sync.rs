@@ -974,3 +974,138 @@ fn uncontended_mutex_makes_no_system_call() {
     peer.kill().unwrap();
     drop(m);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A set immediately followed by a reset
+
+/// A role that waits once, at most `T`, on the event `arg(0)` after saying `waiting`, and
+/// reports how the wait ended: `woke`, or `KIND:CODE` (`Timeout:258` when nothing released it).
+fn pulse_waiter(ctx: &mut RoleCtx) -> RoleResult {
+    let name = ctx.arg(0).ok_or("no event name")?.to_owned();
+    let e = Event::open(&ctx_opts(ctx, &name))?;
+    ctx.send_str("waiting")?;
+    let r = e.wait(Some(T));
+    ctx.send_str(&outcome(r, |()| "woke".into()))?;
+    Ok(())
+}
+
+/// Starts `n` pulse waiters on `event` and returns once every one of them sleeps.
+fn sleeping_pulse_waiters(t: &ipckit_testkit::TestCase, event: &str, n: usize) -> Vec<Peer> {
+    let mut waiters: Vec<Peer> = (0..n)
+        .map(|_| t.spawn("waiter").args([event]).start())
+        .collect();
+    for w in &mut waiters {
+        w.expect("waiting", T).unwrap();
+    }
+    for w in &waiters {
+        settle_asleep(w.pid());
+    }
+    waiters
+}
+
+/// Every waiter's report, in spawn order. A released waiter reports at once; the others only
+/// when their wait of `T` times out, so this waits up to `T` and a little more.
+fn reports(waiters: &mut [Peer]) -> Vec<String> {
+    waiters
+        .iter_mut()
+        .map(|w| w.recv_str_timeout(T + T).unwrap())
+        .collect()
+}
+
+/// SetEvent followed at once by ResetEvent on an auto-reset event with waiters in other
+/// processes: each set releases exactly one of them, as on Windows (the set is handed to a
+/// sleeper, the reset cannot take it back); the others are not released by anything and see
+/// their waits time out.
+#[test]
+fn auto_reset_set_then_reset_releases_exactly_one_waiter_per_set() {
+    const N: usize = 5;
+    const K: usize = 3;
+    let t = test_case!();
+    t.role("waiter", pulse_waiter);
+
+    let ns = ns_of(&t);
+    let e = Event::create(&opts_in(&ns, "auto-pulse"), false, false).unwrap();
+    let mut waiters = sleeping_pulse_waiters(&t, "auto-pulse", N);
+    for _ in 0..K {
+        e.set().unwrap();
+        e.reset().unwrap();
+    }
+    assert!(!e.is_set(), "handed sets leave the event non-signalled");
+
+    let got = reports(&mut waiters);
+    let woke = got.iter().filter(|r| *r == "woke").count();
+    let timed_out = got.iter().filter(|r| *r == "Timeout:258").count();
+    assert_eq!(woke, K, "{K} sets must release {K} of {N} waiters: {got:?}");
+    assert_eq!(
+        timed_out,
+        N - K,
+        "the others wait until they time out: {got:?}"
+    );
+    // Nothing is left over for a later waiter either.
+    assert_kind(e.wait(Some(SHORT)), ErrorKind::Timeout, "after the pulses");
+    for w in &mut waiters {
+        w.wait_timeout(T).unwrap();
+    }
+}
+
+/// SetEvent followed at once by ResetEvent on a manual-reset event: every waiter that was
+/// waiting, in other processes, is released, and the event ends non-signalled.
+#[test]
+fn manual_reset_set_then_reset_releases_every_waiter() {
+    const N: usize = 4;
+    let t = test_case!();
+    t.role("waiter", pulse_waiter);
+
+    let ns = ns_of(&t);
+    let e = Event::create(&opts_in(&ns, "manual-pulse"), true, false).unwrap();
+    let mut waiters = sleeping_pulse_waiters(&t, "manual-pulse", N);
+    e.set().unwrap();
+    e.reset().unwrap();
+    assert!(!e.is_set());
+
+    let got = reports(&mut waiters);
+    assert!(
+        got.iter().all(|r| r == "woke"),
+        "every waiter was released: {got:?}"
+    );
+    // A waiter that comes after the reset is not released.
+    let mut late = sleeping_pulse_waiters(&t, "manual-pulse", 1);
+    assert_eq!(reports(&mut late), ["Timeout:258"]);
+    for w in waiters.iter_mut().chain(&mut late) {
+        w.wait_timeout(T).unwrap();
+    }
+}
+
+/// A waiter killed (SIGKILL) while asleep on an auto-reset event does not swallow releases: a
+/// set-and-reset with a live sleeper besides it releases the live one, and a set handed to the
+/// dead one alone goes to the next process that waits.
+#[test]
+fn killed_sleeper_does_not_swallow_auto_reset_releases() {
+    let t = test_case!();
+    t.role("waiter", pulse_waiter);
+
+    let ns = ns_of(&t);
+    let e = Event::create(&opts_in(&ns, "auto-killed"), false, false).unwrap();
+    let mut dead = sleeping_pulse_waiters(&t, "auto-killed", 1);
+    dead[0].kill().unwrap();
+    let mut live = sleeping_pulse_waiters(&t, "auto-killed", 1);
+    e.set().unwrap();
+    e.reset().unwrap();
+    assert_eq!(reports(&mut live), ["woke"]);
+
+    // Only the dead sleeper is left: this set is handed to it, and then to the next waiter.
+    e.set().unwrap();
+    e.reset().unwrap();
+    let mut next = t.spawn("waiter").args(["auto-killed"]).start();
+    next.expect("waiting", T).unwrap();
+    assert_eq!(next.recv_str_timeout(T).unwrap(), "woke");
+    // That was the only release: the following waiter waits in vain.
+    assert_kind(
+        e.wait(Some(SHORT)),
+        ErrorKind::Timeout,
+        "after the handed set",
+    );
+    for w in live.iter_mut().chain([&mut next]) {
+        w.wait_timeout(T).unwrap();
+    }
+}

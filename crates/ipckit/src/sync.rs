@@ -45,8 +45,11 @@
 //!
 //! # How
 //! The state of each object is a few 32-bit words in the first page of its side file (see
-//! [`crate::object`]), which every holder maps. Uncontended operations are one atomic
-//! instruction, no system call; waiting sleeps on a futex (no CPU). A waiter for a mutex checks,
+//! [`crate::object`]), which every holder maps. Uncontended operations are one to three atomic
+//! instructions, no system call; waiting sleeps on a futex (no CPU). Sleepers on an event
+//! register in a shared counter; an auto-reset set that finds sleepers not yet served adds a
+//! *handed release* to that counter instead of signalling the event, and the first registered
+//! sleeper to look claims it (the protocol is in `docs/protocol/file-mapping.md`). A waiter for a mutex checks,
 //! at growing intervals (1 ms up to 100 ms), and once more before it reports a timeout (so a
 //! poll with timeout 0 sees it too), whether the owner thread is still alive, which is how
 //! abandonment by a killed process is detected.
@@ -68,9 +71,10 @@
 //!   takes it): a reset that comes first then cancels that release.
 //! - A waiter killed (SIGKILL) while asleep on an event stays counted as a sleeper. A later set
 //!   of an auto-reset event may be handed to it; that release is not lost but goes to the next
-//!   thread that waits on the event (until then the event does not look signalled), and up to
-//!   one such release per dead sleeper can be held this way (Windows would merge sets made
-//!   while nobody waits). The event's state is reinitialised when its last holder closes it.
+//!   thread that waits on the event (until then the event does not look signalled, and a reset
+//!   does not cancel it), and up to one such release per dead sleeper can be held this way
+//!   (Windows would merge sets made while nobody waits). The event's state starts afresh when
+//!   its last holder closes it.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::time::{Duration, Instant};

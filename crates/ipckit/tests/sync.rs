@@ -1109,3 +1109,54 @@ fn killed_sleeper_does_not_swallow_auto_reset_releases() {
         w.wait_timeout(T).unwrap();
     }
 }
+
+/// Setting an auto-reset event nobody sleeps on and taking it makes no system call (the queue
+/// of sleepers is looked at, not slept on): the same seccomp strict-mode proof as for the mutex.
+#[test]
+fn uncontended_event_makes_no_system_call() {
+    let t = test_case!();
+    t.role("strict", |ctx| {
+        let e = Event::open(&Options::named(r"Local\nosys-event")?.namespace(ctx_ns(ctx)))?;
+        e.set()?;
+        e.wait(None)?;
+        ctx.send_str("entering")?;
+        // SAFETY: prctl with PR_SET_SECCOMP and SECCOMP_MODE_STRICT takes no pointers; it only
+        // restricts the system calls this thread may make from now on.
+        let rc = unsafe { libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_STRICT, 0, 0, 0) };
+        if rc != 0 {
+            return Err("cannot enter seccomp strict mode".into());
+        }
+        for _ in 0..100_000 {
+            if e.set().is_err() || e.wait(None).is_err() || e.reset().is_err() {
+                break;
+            }
+        }
+        let report = b"NO-SYSCALL-OK\n";
+        // SAFETY: writes `report.len()` bytes from a live buffer to standard output; `write` is
+        // one of the calls strict mode allows.
+        unsafe { libc::write(1, report.as_ptr().cast(), report.len()) };
+        loop {
+            std::hint::spin_loop();
+        }
+    });
+    let ns = ns_of(&t);
+    let e = Event::create(
+        &Options::named(r"Local\nosys-event").unwrap().namespace(ns),
+        false,
+        false,
+    )
+    .unwrap();
+    let mut peer = t.spawn("strict").start();
+    peer.expect("entering", Duration::from_secs(20)).unwrap();
+    let reported = wait_for(Duration::from_secs(20), || {
+        peer.stdout().contains("NO-SYSCALL-OK")
+    });
+    assert!(
+        reported,
+        "no report: a system call on the uncontended event path killed the locked-down thread: {}",
+        peer.report()
+    );
+    peer.kill().unwrap();
+    assert!(!e.is_set(), "the peer's last wait took its last set");
+    drop(e);
+}

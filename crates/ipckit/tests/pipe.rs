@@ -4,7 +4,7 @@
 //! stress run with checksums, peer identity, SIGKILL in the middle of a message, hostile peers
 //! speaking the wire protocol directly, private and shared pipes with a real unprivileged client
 //! of another user (refused unless allowed), and anonymous pipes handed to a child as stdio and
-//! as inherited handles.
+//! as inherited handles; a writer sending from one thread while another waits in a read.
 //!
 //! Every test runs in its own namespace (the test kit's `IPCKIT_RUNTIME_DIR`), which the parent
 //! opens with `Namespace::at(t.namespace())` and every peer gets from `ctx.namespace()`.
@@ -1141,4 +1141,148 @@ fn pipe_disappears_with_its_last_instance() {
         !Path::new(&dir).exists(),
         "the last instance removes the pipe"
     );
+}
+
+/// The sizes the writer test sends: empty, small, over the 64 KiB socket buffer, 1 MiB.
+const WRITER_SIZES: &[usize] = &[0, 1, 511, 513, 4096, 70_000, 1 << 20];
+/// The writer test's pipe refuses messages over this.
+const WRITER_LIMIT: u32 = 2 << 20;
+
+#[test]
+fn a_writer_sends_while_another_thread_waits_in_a_read() {
+    let t = test_case!();
+    // A client whose reading thread waits while its main thread writes through the writer.
+    t.role("duplex_client", |ctx| {
+        let mut c = client(ctx).connect(ctx.arg(0).unwrap())?;
+        c.set_read_mode(ReadMode::Message)?;
+        let w = c.writer()?;
+        let reading = std::thread::spawn(move || {
+            let mut echoes = Vec::new();
+            loop {
+                match c.read_message() {
+                    Ok(m) => echoes.push(m),
+                    Err(e) => return (echoes, format!("{:?}:{}", e.kind(), e.win32_code())),
+                }
+            }
+        });
+        ctx.send_str("reading")?;
+        ctx.expect("write", T)?;
+        for (i, &len) in WRITER_SIZES.iter().enumerate() {
+            ensure(
+                w.write(&pattern(len, i as u64))? == len,
+                "write returns its length",
+            )?;
+        }
+        let too_large = kind_of(w.write(&vec![1u8; WRITER_LIMIT as usize + 1]));
+        // A clone writes to the same connection, after what the first one wrote.
+        w.try_clone()?.write(b"from a clone")?;
+        let (echoes, end) = reading.join().map_err(|_| "the reading thread panicked")?;
+        let mut want: Vec<Vec<u8>> = WRITER_SIZES
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| pattern(len, i as u64))
+            .collect();
+        want.push(b"from a clone".to_vec());
+        ensure(
+            echoes == want,
+            format!(
+                "{} echoes, not the {} messages sent",
+                echoes.len(),
+                want.len()
+            ),
+        )?;
+        // The server disconnected: the writer's writes fail too.
+        let after = kind_of(w.write(b"anyone?"));
+        ctx.send_str(&format!("{too_large}|{end}|{after}"))?;
+        Ok(())
+    });
+    // A client that waits until it is killed.
+    t.role("idle_client", |ctx| {
+        let _c = client(ctx).connect(ctx.arg(0).unwrap())?;
+        ctx.send_str("connected")?;
+        ctx.expect("never", T)?;
+        Ok(())
+    });
+
+    let name = pipe_name("writer");
+    let mut s = ServerOptions::message()
+        .max_message_size(WRITER_LIMIT)
+        .unwrap()
+        .namespace(ns_of(&t))
+        .create(&name)
+        .unwrap();
+    assert_kind(s.writer(), ErrorKind::BrokenPipe, "no client yet");
+
+    // Echo: each message the client's writer sends comes back to its waiting reader.
+    let mut p = t.spawn("duplex_client").arg(&name).start();
+    s.connect().unwrap();
+    p.expect("reading", T).unwrap();
+    settle_asleep(p.pid());
+    p.send_str("write").unwrap();
+    for (i, &len) in WRITER_SIZES.iter().enumerate() {
+        let m = s.read_message().unwrap();
+        assert_eq!(m.len(), len, "message {i}");
+        assert_eq!(fnv(&m), fnv(&pattern(len, i as u64)), "message {i}");
+        s.write(&m).unwrap();
+    }
+    let m = s.read_message().unwrap();
+    assert_eq!(m, b"from a clone");
+    // The server's own writer, used from this thread, sends the last echo.
+    let w = s.writer().unwrap();
+    assert_eq!(w.write(&m).unwrap(), m.len());
+    s.disconnect().unwrap();
+    let report = p.recv_str_timeout(T).unwrap();
+    assert_eq!(
+        report,
+        "MessageTooLarge:87|BrokenPipe:109|NoData:232",
+        "{}",
+        p.report()
+    );
+    assert!(p.wait_timeout(T).unwrap().success(), "{}", p.report());
+    // The writer belonged to that client: after the disconnect it fails, also once the
+    // instance has its next client, which it never reaches.
+    assert_kind(
+        w.write(b"late"),
+        ErrorKind::NoData,
+        "writer after disconnect",
+    );
+
+    // A writer of the next client: its peer is killed, its writes fail.
+    let mut p = t.spawn("idle_client").arg(&name).start();
+    s.connect().unwrap();
+    p.expect("connected", T).unwrap();
+    assert_kind(
+        w.write(b"late"),
+        ErrorKind::NoData,
+        "old writer, new client",
+    );
+    let w = s.writer().unwrap();
+    w.write(b"hello").unwrap();
+    p.kill().unwrap();
+    assert_kind(w.write(b"after"), ErrorKind::NoData, "writer after SIGKILL");
+    assert_kind(
+        s.read_message(),
+        ErrorKind::BrokenPipe,
+        "read after SIGKILL",
+    );
+    s.disconnect().unwrap();
+
+    // A writer's disconnect wakes the read another thread waits in.
+    let mut p = t.spawn("idle_client").arg(&name).start();
+    s.connect().unwrap();
+    p.expect("connected", T).unwrap();
+    let w = s.writer().unwrap();
+    std::thread::scope(|scope| {
+        let reading = scope.spawn(|| s.read_message());
+        settle_asleep(std::process::id());
+        w.disconnect();
+        assert_kind(reading.join().unwrap(), ErrorKind::BrokenPipe, "woken read");
+    });
+    assert_kind(
+        w.write(b"x"),
+        ErrorKind::NoData,
+        "writer after its disconnect",
+    );
+    s.disconnect().unwrap();
+    p.kill().unwrap();
 }

@@ -285,6 +285,15 @@ impl NamedPipeClient {
         super::tokio::NamedPipeClient::from_parts(self.name, self.info, conn)
     }
 
+    /// A writer of this connection, for another thread than the one that reads (see
+    /// [`NamedPipeWriter`](super::NamedPipeWriter)). Windows: `DuplicateHandle` on the client's
+    /// handle.
+    pub fn writer(&self) -> Result<super::NamedPipeWriter> {
+        match &self.transport {
+            Transport::Local(c) => c.writer(),
+        }
+    }
+
     #[allow(clippy::unnecessary_wraps)]
     fn conn(&mut self) -> Result<&mut Conn> {
         match &mut self.transport {

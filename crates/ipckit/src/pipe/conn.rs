@@ -13,6 +13,7 @@
 //! ends this connection only.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use super::frame::{self, Control, HEADER_LEN, Header};
 use super::{OpenMode, PeekInfo, PeerIdentity, PipeType, ReadMode};
@@ -61,6 +62,9 @@ pub(crate) struct Conn<S = OwnedFd> {
     can_read: bool,
     can_write: bool,
     peer: PeerIdentity,
+    /// Made by the first [`writer`](Self::writer): it keeps the waiting writes of the end and
+    /// of its writers whole (one message, or one write's bytes, at a time).
+    write_lock: OnceLock<Arc<Mutex<()>>>,
 }
 
 enum Fill {
@@ -98,6 +102,13 @@ impl<S: AsFd> Conn<S> {
             limit: self.limit,
             can_write: self.can_write,
         })
+    }
+
+    /// A public writer of this connection (a [`FrameSender`] over a duplicate of its socket),
+    /// whose writes and the connection's own waiting writes take turns.
+    pub(crate) fn writer(&self) -> Result<super::NamedPipeWriter> {
+        let lock = Arc::clone(self.write_lock.get_or_init(Arc::default));
+        Ok(super::NamedPipeWriter::new(self.frame_sender()?, lock))
     }
 
     /// Whether bytes already received wait in this connection's buffer (a reader must take
@@ -140,6 +151,7 @@ impl<S: AsFd> Conn<S> {
                 uid: cred.uid,
                 gid: cred.gid,
             },
+            write_lock: OnceLock::new(),
         })
     }
 
@@ -162,6 +174,7 @@ impl<S: AsFd> Conn<S> {
             can_read: self.can_read,
             can_write: self.can_write,
             peer: self.peer,
+            write_lock: self.write_lock,
         })
     }
 
@@ -622,6 +635,11 @@ impl<S: AsFd> Conn<S> {
 
     /// `WriteFile`, waiting: one message (message-type pipe), or bytes of the stream.
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<usize> {
+        // Writers of this connection send whole frames too: one at a time.
+        let lock = self.write_lock.get().map(Arc::clone);
+        let _turn = lock
+            .as_deref()
+            .map(|l| l.lock().unwrap_or_else(PoisonError::into_inner));
         self.write_step(data, true).and_then(waited)
     }
 
@@ -799,6 +817,21 @@ pub(crate) struct FrameSender {
 }
 
 impl FrameSender {
+    /// Another sender over another duplicate of the same socket.
+    pub(crate) fn try_clone(&self) -> Result<FrameSender> {
+        Ok(FrameSender {
+            sock: crate::sys::fd::duplicate(&self.sock)?,
+            pipe_type: self.pipe_type,
+            limit: self.limit,
+            can_write: self.can_write,
+        })
+    }
+
+    /// The pipe's type.
+    pub(crate) fn pipe_type(&self) -> PipeType {
+        self.pipe_type
+    }
+
     /// The socket, to wait on its readiness or shut it down (both act on the connection).
     pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.sock.as_fd()

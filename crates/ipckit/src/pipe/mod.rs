@@ -87,6 +87,9 @@
 //!   server still checks every client's uid when it connects and refuses one that is not
 //!   allowed ([`ErrorKind::AccessDenied`](crate::ErrorKind::AccessDenied)). A client refuses a
 //!   server that is not the pipe's owner (or root).
+//! - **Threads.** An end's reads and writes take `&mut self`; its
+//!   [`writer`](NamedPipeClient::writer) ([`NamedPipeWriter`], a duplicated handle) writes from
+//!   another thread while one waits in a read, as full-duplex I/O on one Windows handle does.
 //! - **Waiting.** [`NamedPipeServer::connect`] and [`wait_named_pipe`] sleep until something
 //!   happens (a connection, a change of the pipe's folder, a server's end): they do not poll.
 //!
@@ -122,6 +125,7 @@ mod registry;
 mod server;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+mod writer;
 
 use std::time::Duration;
 
@@ -132,6 +136,7 @@ pub use describe::{PipeStatus, describe, describe_shared};
 /// Shared with the mailslots, whose folder is locked the same way.
 pub(crate) use registry::folder_lock;
 pub use server::{NamedPipeServer, ServerOptions};
+pub use writer::NamedPipeWriter;
 
 /// Default largest message: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: u32 = 64 << 20;

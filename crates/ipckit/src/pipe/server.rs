@@ -366,6 +366,8 @@ impl NamedPipeServer {
     /// free for the next client at once. Windows: `DisconnectNamedPipe`.
     pub fn disconnect(&mut self) -> Result<()> {
         if let Some(conn) = self.conn.take() {
+            // Ended for every holder of the socket, the instance's writers included.
+            socket::shutdown(&conn.sock, true, true);
             drop(conn);
         }
         if self.listener.is_none() {
@@ -430,6 +432,16 @@ impl NamedPipeServer {
 
     fn conn(&mut self) -> Result<&mut Conn> {
         self.conn.as_mut().ok_or_else(not_connected)
+    }
+
+    /// A writer of the current client's connection, for another thread than the one that
+    /// reads (see [`NamedPipeWriter`](super::NamedPipeWriter)). Windows: `DuplicateHandle` on
+    /// the instance's handle. It writes to this client only: after
+    /// [`disconnect`](Self::disconnect) its writes fail with
+    /// [`ErrorKind::NoData`](crate::ErrorKind::NoData). With no client connected it fails with
+    /// [`ErrorKind::BrokenPipe`] (`ERROR_PIPE_LISTENING`, 536).
+    pub fn writer(&self) -> Result<super::NamedPipeWriter> {
+        self.conn.as_ref().ok_or_else(not_connected)?.writer()
     }
 
     pipe_io_methods!();

@@ -3,19 +3,22 @@
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use ipckit::ErrorKind;
 use ipckit::pipe::{
-    ClientOptions, NamedPipeClient, NamedPipeServer, PeekInfo, PipeType, PipeWait, ReadMode,
+    ClientOptions, NamedPipeClient, NamedPipeServer, NamedPipeWriter, PipeType, PipeWait, ReadMode,
     ServerOptions,
 };
 
 use super::CmdResult;
 
-/// How long the copy loops sleep when neither side has data.
-const IDLE: Duration = Duration::from_millis(1);
+/// How much of standard input (or of a command's output) one read takes: one message on a
+/// message pipe.
+const CHUNK: usize = 64 << 10;
+/// How many messages `cat` holds that standard output has not taken yet.
+const BACKLOG: usize = 16;
 /// Largest reply `pipe call` accepts.
 const CALL_BUF: usize = 1 << 20;
 
@@ -178,75 +181,88 @@ pub fn run(cmd: Cmd) -> CmdResult {
             linger,
             owner,
         } => {
-            let mut c = client_options(owner).connect(&full_name(&name))?;
-            let input = spawn_reader(std::io::stdin());
-            let mut out = std::io::stdout();
-            cat_loop(&mut c, input, &mut out, Duration::from_millis(linger))
+            let c = client_options(owner).connect(&full_name(&name))?;
+            cat(c, Duration::from_millis(linger))
         }
     }
 }
 
-/// Reads `r` in a thread; chunks arrive on the receiver, which disconnects at end of input.
-fn spawn_reader<R: Read + Send + 'static>(mut r: R) -> Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
+/// What the threads of `cat` tell the one that prints.
+enum Event {
+    /// A message (or bytes) from the pipe.
+    Data(Vec<u8>),
+    /// Standard input ended and all of it was sent.
+    InputDone,
+    /// The pipe ended (`Ok`: the server closed it), or something failed.
+    End(ipckit::Result<()>),
+}
+
+/// Copies standard input to the pipe and the pipe to standard output, each in a thread that
+/// waits in its read; this thread prints, and once the input ended, waits up to `linger` for
+/// each next message.
+fn cat(mut c: NamedPipeClient, linger: Duration) -> CmdResult {
+    let writer = c.writer()?;
+    let (tx, rx) = mpsc::sync_channel(BACKLOG);
+    let input_tx = tx.clone();
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
+        let r = copy_to_pipe(std::io::stdin(), &writer);
+        let _ = input_tx.send(match r {
+            Ok(()) => Event::InputDone,
+            Err(e) => Event::End(Err(e)),
+        });
+    });
+    std::thread::spawn(move || {
         loop {
-            match r.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if tx.send(buf[..n].to_vec()).is_err() {
-                        return;
-                    }
-                }
+            let (event, last) = match c.read_message() {
+                Ok(m) => (Event::Data(m), false),
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => (Event::End(Ok(())), true),
+                Err(e) => (Event::End(Err(e)), true),
+            };
+            if tx.send(event).is_err() || last {
+                return;
             }
         }
     });
-    rx
-}
-
-/// Whether something can be read now without waiting.
-fn readable(p: PeekInfo) -> bool {
-    p.available > 0 || p.message_left > 0
-}
-
-fn cat_loop(
-    c: &mut NamedPipeClient,
-    input: Receiver<Vec<u8>>,
-    out: &mut impl Write,
-    linger: Duration,
-) -> CmdResult {
+    let mut out = std::io::stdout().lock();
     let mut input_done = false;
-    let mut quiet_since = Instant::now();
     loop {
-        let mut busy = false;
-        match c.peek(&mut []) {
-            Ok(p) if readable(p) => {
-                let msg = c.read_message()?;
-                out.write_all(&msg)?;
-                out.flush()?;
-                busy = true;
+        let event = if input_done {
+            match rx.recv_timeout(linger) {
+                Ok(e) => e,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return Ok(()),
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-        if !input_done {
-            match input.try_recv() {
-                Ok(chunk) => {
-                    c.write(&chunk)?;
-                    busy = true;
-                }
-                Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Disconnected) => input_done = true,
-            }
-        }
-        if busy {
-            quiet_since = Instant::now();
-        } else if input_done && quiet_since.elapsed() >= linger {
-            return Ok(());
         } else {
-            std::thread::sleep(IDLE);
+            match rx.recv() {
+                Ok(e) => e,
+                Err(mpsc::RecvError) => return Ok(()),
+            }
+        };
+        match event {
+            Event::Data(m) => {
+                out.write_all(&m)?;
+                out.flush()?;
+            }
+            Event::InputDone => input_done = true,
+            Event::End(r) => return Ok(r?),
+        }
+    }
+}
+
+/// Copies `input` to the pipe, one message per read on a message pipe, until the end of the
+/// input (a read error counts as one) or of the pipe (then its reader reports how it ended).
+fn copy_to_pipe(mut input: impl Read, writer: &NamedPipeWriter) -> ipckit::Result<()> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Ok(()),
+        };
+        match writer.write(&buf[..n]) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NoData => return Ok(()),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -314,9 +330,14 @@ fn serve_instance(mut s: NamedPipeServer, echo: bool, exec: Option<&str>) -> ipc
 
 /// Ends a client loop: the client closing is the normal end.
 fn ended(e: ipckit::Error) -> Result<(), Box<dyn std::error::Error>> {
+    Ok(client_gone(e)?)
+}
+
+/// `Ok` when `e` says the client closed the pipe.
+fn client_gone(e: ipckit::Error) -> ipckit::Result<()> {
     match e.kind() {
         ErrorKind::BrokenPipe | ErrorKind::NoData => Ok(()),
-        _ => Err(e.into()),
+        _ => Err(e),
     }
 }
 
@@ -352,7 +373,8 @@ fn serve_sink(s: &mut NamedPipeServer) -> Result<(), Box<dyn std::error::Error>>
 /// Runs `sh -c cmd` with the connection as its standard input and output: each message (or
 /// chunk) from the client is written to its stdin, each chunk of its stdout is sent back (one
 /// message per chunk on a message pipe). When the client closes, the command's stdin is closed;
-/// the connection ends when the command closes its stdout.
+/// the connection ends when the command closes its stdout. A thread waits in the pipe's reads
+/// while this one waits in the command's output.
 fn serve_exec(s: &mut NamedPipeServer, cmd: &str) -> Result<(), Box<dyn std::error::Error>> {
     let mut command = Command::new("sh");
     command
@@ -363,49 +385,29 @@ fn serve_exec(s: &mut NamedPipeServer, cmd: &str) -> Result<(), Box<dyn std::err
     // Killed with this thread (and so with this process, SIGKILL included): no orphan `sh`.
     ipckit::sys::process::die_with_parent(&mut command);
     let mut child = command.spawn()?;
-    let mut stdin = child.stdin.take();
-    let output = spawn_reader(child.stdout.take().expect("piped stdout"));
-    let mut result = Ok(());
-    loop {
-        let mut busy = false;
-        if stdin.is_some() {
-            match s.peek(&mut []) {
-                Ok(p) if readable(p) => {
-                    let data = s.read_message()?;
-                    if let Some(w) = stdin.as_mut()
-                        && w.write_all(&data).and_then(|()| w.flush()).is_err()
-                    {
-                        stdin = None; // the command stopped reading
-                    }
-                    busy = true;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    stdin = None; // client gone: end of the command's input
-                    if let Err(e) = ended(e) {
-                        result = Err(e);
-                    }
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let output = child.stdout.take().expect("piped stdout");
+    let writer = s.writer()?;
+    let result = std::thread::scope(|scope| {
+        let feeding = scope.spawn(move || {
+            loop {
+                let data = match s.read_message() {
+                    Ok(d) => d,
+                    // The client is gone: the end of the command's input.
+                    Err(e) => return client_gone(e),
+                };
+                if stdin.write_all(&data).and_then(|()| stdin.flush()).is_err() {
+                    return Ok(()); // the command stopped reading
                 }
             }
-        }
-        match output.try_recv() {
-            Ok(chunk) => {
-                if let Err(e) = s.write(&chunk) {
-                    if let Err(e) = ended(e) {
-                        result = Err(e);
-                    }
-                    break;
-                }
-                busy = true;
-            }
-            Err(TryRecvError::Empty) => {}
-            Err(TryRecvError::Disconnected) => break,
-        }
-        if !busy {
-            std::thread::sleep(IDLE);
-        }
-    }
-    drop(stdin);
+        });
+        let sent = copy_to_pipe(output, &writer);
+        // The command closed its output (or the client left): the connection ends, and the
+        // reading thread with it.
+        writer.disconnect();
+        let fed = feeding.join().unwrap_or(Ok(()));
+        sent.and(fed)
+    });
     // The command closed its output (or the client left): do not let it linger.
     if child.try_wait()?.is_none() {
         let deadline = Instant::now() + Duration::from_millis(500);
@@ -417,5 +419,5 @@ fn serve_exec(s: &mut NamedPipeServer, cmd: &str) -> Result<(), Box<dyn std::err
             let _ = child.wait();
         }
     }
-    result
+    result.map_err(Into::into)
 }

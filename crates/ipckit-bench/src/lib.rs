@@ -73,7 +73,7 @@
 //! | `ipckit-chan-sleep` | `shm-futex` | `ipckit::channel` pair, `WaitMode::Sleep` |
 //! | `ipckit-pipe` | `unix-stream` | `ipckit::pipe` named pipe, message mode ([`ipckit_pipe`]) |
 //! | `ipckit-pipe-byte` | `unix-stream` | the same named pipe in byte mode ([`ipckit_pipe`]) |
-//! | `ipckit-rpc-ncalrpc`, `ipckit-rpc-ncalrpc-socket`, `ipckit-rpc-np`, `ipckit-rpc-tcp` | `rpc-unix-stream`, `rpc-tcp-loopback` | ipckit RPC null call and 1 MiB argument, server in the peer ([`rpc`], [`rpc_ipckit`]) |
+//! | `ipckit-rpc-ncalrpc`, `ipckit-rpc-ncalrpc-socket`, `ipckit-rpc-ncalrpc-async`, `ipckit-rpc-np`, `ipckit-rpc-tcp` | `rpc-unix-stream`, `rpc-tcp-loopback` | ipckit RPC null call and 1 MiB argument, server in the peer ([`rpc`], [`rpc_ipckit`]) |
 //! | `tarpc-unix`, `tarpc-tcp`, `tonic-unix`, `tonic-tcp` | the same | tarpc and tonic (gRPC) on the same carriers ([`rpc_tarpc`], [`rpc_tonic`]) |
 //!
 //! A benchmark's ratio is always against its baseline; to compare

@@ -304,6 +304,15 @@ pub static BENCHES: &[Bench] = &[
         ))),
     },
     Bench {
+        name: "ipckit-rpc-ncalrpc-async",
+        group: Group::Ipckit,
+        baseline: Some("rpc-unix-stream"),
+        about: "ipckit RPC over ncalrpc with the async client and async fn methods (tokio)",
+        kind: Kind::TwoProcess(&crate::rpc::Rpc(crate::rpc_ipckit::IpckitRpc(
+            crate::rpc_ipckit::Carrier::LocalAsync,
+        ))),
+    },
+    Bench {
         name: "ipckit-rpc-np",
         group: Group::Ipckit,
         baseline: Some("rpc-unix-stream"),

@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `ipckit-rpc-ncalrpc` | `ncalrpc:[bench]` in a private namespace (moved to shared memory) | `rpc-unix-stream` |
 //! | `ipckit-rpc-ncalrpc-socket` | the same, kept on the Unix socket (`local_shared_memory(false)`) | `rpc-unix-stream` |
+//! | `ipckit-rpc-ncalrpc-async` | `ncalrpc` (shared memory) with the async client on a current-thread runtime and `async fn` methods on a one-worker runtime, as tarpc and tonic run | `rpc-unix-stream` |
 //! | `ipckit-rpc-np` | `ncacn_np:\\.[\pipe\bench]` in a private namespace | `rpc-unix-stream` |
 //! | `ipckit-rpc-tcp` | `ncacn_ip_tcp:127.0.0.1[PORT]` | `rpc-tcp-loopback` |
 //!
@@ -33,8 +34,35 @@ pub trait BenchIf {
     fn quit(&self);
 }
 
+/// The benchmark interface with `async fn` methods (served on a tokio runtime).
+#[rpc::interface(uuid = "5e0b7a91-3c2d-4f18-b6e4-9a1d0c7f2b84", version = "1.0")]
+pub trait BenchAsyncIf {
+    /// Answers `x`.
+    async fn null(&self, x: u64) -> u64;
+    /// Answers the argument's length.
+    async fn bulk(&self, data: Vec<u8>) -> u64;
+    /// Lets the server process exit.
+    async fn quit(&self);
+}
+
 struct Impl {
     stop: Arc<AtomicBool>,
+}
+
+struct AsyncImpl {
+    stop: Arc<AtomicBool>,
+}
+
+impl BenchAsyncIf for AsyncImpl {
+    async fn null(&self, x: u64) -> u64 {
+        x
+    }
+    async fn bulk(&self, data: Vec<u8>) -> u64 {
+        data.len() as u64
+    }
+    async fn quit(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
 }
 
 impl BenchIf for Impl {
@@ -56,6 +84,8 @@ pub enum Carrier {
     Local,
     /// `ncalrpc` kept on its Unix socket.
     LocalSocket,
+    /// `ncalrpc` (shared memory), async client and `async fn` methods.
+    LocalAsync,
     /// `ncacn_np`.
     NamedPipe,
     /// `ncacn_ip_tcp` on loopback.
@@ -78,19 +108,33 @@ fn io_err(e: ipckit::Error) -> io::Error {
     e.into()
 }
 
-/// The client.
+/// The client: the blocking typed client, or the async one on a current-thread runtime.
 #[derive(Debug)]
-pub struct Caller(BenchIfClient);
+pub enum Caller {
+    /// `BenchIfClient`.
+    Blocking(BenchIfClient),
+    /// `BenchAsyncIfAsyncClient` and its runtime.
+    Async(tokio::runtime::Runtime, BenchAsyncIfAsyncClient),
+}
 
 impl RpcCaller for Caller {
     fn null(&mut self, x: u64) -> io::Result<u64> {
-        self.0.null(x).map_err(io_err)
+        match self {
+            Caller::Blocking(c) => c.null(x).map_err(io_err),
+            Caller::Async(rt, c) => rt.block_on(c.null(x)).map_err(io_err),
+        }
     }
     fn bulk(&mut self, data: &Arc<Vec<u8>>) -> io::Result<u64> {
-        self.0.bulk(data.to_vec()).map_err(io_err)
+        match self {
+            Caller::Blocking(c) => c.bulk(data.to_vec()).map_err(io_err),
+            Caller::Async(rt, c) => rt.block_on(c.bulk(data.to_vec())).map_err(io_err),
+        }
     }
     fn quit(&mut self) -> io::Result<()> {
-        self.0.quit().map_err(io_err)
+        match self {
+            Caller::Blocking(c) => c.quit().map_err(io_err),
+            Caller::Async(rt, c) => rt.block_on(c.quit()).map_err(io_err),
+        }
     }
 }
 
@@ -100,7 +144,9 @@ impl RpcSystem for IpckitRpc {
     fn address(&self, dir: &Path) -> io::Result<String> {
         let dir = crate::raw::path_arg(dir)?;
         Ok(match self.0 {
-            Carrier::Local | Carrier::LocalSocket => format!("{dir}|ncalrpc:[bench]"),
+            Carrier::Local | Carrier::LocalSocket | Carrier::LocalAsync => {
+                format!("{dir}|ncalrpc:[bench]")
+            }
             Carrier::NamedPipe => format!(r"{dir}|ncacn_np:\\.[\pipe\bench]"),
             Carrier::Tcp => format!("|ncacn_ip_tcp:127.0.0.1[{}]", free_tcp_port()?),
         })
@@ -113,10 +159,24 @@ impl RpcSystem for IpckitRpc {
             opts = opts.namespace(ns);
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let server = Server::new(opts, vec![BenchIfServer::new(Impl { stop: stop.clone() })]);
+        // The async methods run on a one-worker runtime (kept alive until the server stopped).
+        let mut rt = None;
+        let dispatch = if matches!(self.0, Carrier::LocalAsync) {
+            let r = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            opts = opts.runtime(r.handle().clone());
+            rt = Some(r);
+            BenchAsyncIfServer::new(AsyncImpl { stop: stop.clone() })
+        } else {
+            BenchIfServer::new(Impl { stop: stop.clone() })
+        };
+        let server = Server::new(opts, vec![dispatch]);
         server.listen(binding).map_err(io_err)?;
         let r = wait_quit(&stop, alive);
         server.stop();
+        drop(rt);
         r
     }
 
@@ -127,8 +187,15 @@ impl RpcSystem for IpckitRpc {
         if let Some(ns) = ns {
             opts = opts.namespace(ns);
         }
-        match BenchIfClient::connect_with(&opts, binding) {
-            Ok(c) => Ok(Some(Caller(c))),
+        let r = if matches!(self.0, Carrier::LocalAsync) {
+            let rt = crate::rpc::current_thread_runtime()?;
+            rt.block_on(BenchAsyncIfAsyncClient::connect_with(&opts, binding))
+                .map(|c| Caller::Async(rt, c))
+        } else {
+            BenchIfClient::connect_with(&opts, binding).map(Caller::Blocking)
+        };
+        match r {
+            Ok(c) => Ok(Some(c)),
             Err(e) if e.kind() == ipckit::ErrorKind::ServerUnavailable => Ok(None),
             Err(e) => Err(io_err(e)),
         }

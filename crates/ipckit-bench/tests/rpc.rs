@@ -30,7 +30,9 @@ fn every_rpc_system_answers_every_case() {
         assert!(v["value"].as_f64().unwrap() > 0.0, "{line}");
         let expected_base = match mech.as_str() {
             "rpc-unix-stream" | "rpc-tcp-loopback" => None,
-            "ipckit-rpc-ncalrpc" | "ipckit-rpc-ncalrpc-socket" => Some("rpc-unix-stream"),
+            "ipckit-rpc-ncalrpc" | "ipckit-rpc-ncalrpc-socket" | "ipckit-rpc-ncalrpc-async" => {
+                Some("rpc-unix-stream")
+            }
             "ipckit-rpc-np" | "tarpc-unix" | "tonic-unix" => Some("rpc-unix-stream"),
             "ipckit-rpc-tcp" | "tarpc-tcp" | "tonic-tcp" => Some("rpc-tcp-loopback"),
             other => panic!("unexpected mechanism {other}"),
@@ -44,6 +46,7 @@ fn every_rpc_system_answers_every_case() {
         mechs,
         BTreeSet::from([
             "ipckit-rpc-ncalrpc",
+            "ipckit-rpc-ncalrpc-async",
             "ipckit-rpc-ncalrpc-socket",
             "ipckit-rpc-np",
             "ipckit-rpc-tcp",

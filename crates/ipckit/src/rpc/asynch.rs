@@ -45,8 +45,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::InterfaceId;
-use super::client::{CallError, Client, ClientOptions, decode_reply, encode};
-use super::proto::Reply;
+use super::client::{CallError, Client, ClientOptions, decode_reply};
+use super::proto::{Reply, pool};
 use crate::error::{Error, ErrorKind, Result};
 
 /// An async RPC client (feature `tokio`).
@@ -151,8 +151,9 @@ impl AsyncClient {
             slot: slot.clone(),
         };
         if args.len() <= INLINE_SEND {
-            let id = c.start(opnum, &args, false, timeout)?;
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Sent(id);
+            let id = c.start(opnum, &args, false, timeout);
+            pool::give(args);
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Slot::Sent(id?);
         } else {
             let (c, slot) = (c.clone(), slot.clone());
             tokio::task::spawn_blocking(move || {
@@ -162,7 +163,9 @@ impl AsyncClient {
                 }
                 // Sent under the slot's lock: a drop meanwhile waits for the id, then
                 // cancels the call.
-                *s = Slot::Sent(c.start(opnum, &args, false, timeout)?);
+                let id = c.start(opnum, &args, false, timeout);
+                pool::give(args);
+                *s = Slot::Sent(id?);
                 Ok::<(), Error>(())
             })
             .await
@@ -186,20 +189,36 @@ impl AsyncClient {
         opnum: u16,
         args: &A,
     ) -> std::result::Result<T, CallError<E>> {
-        let bytes = encode(args)?;
+        let bytes = encode_pooled(args)?;
         let reply = self.call_raw(opnum, bytes).await?;
         decode_reply(&reply)
     }
 
     /// Sends a one-way call.
     pub async fn call_oneway<A: Serialize>(&self, opnum: u16, args: &A) -> Result<()> {
-        let bytes = encode(args)?;
+        let bytes = encode_pooled(args)?;
         if bytes.len() <= INLINE_SEND {
-            return self.inner.call_raw(opnum, &bytes, true).map(|_| ());
+            let r = self.inner.call_raw(opnum, &bytes, true).map(|_| ());
+            pool::give(bytes);
+            return r;
         }
         let c = self.inner.clone();
-        tokio::task::spawn_blocking(move || c.call_raw(opnum, &bytes, true).map(|_| ()))
-            .await
-            .map_err(join_error)?
+        tokio::task::spawn_blocking(move || {
+            let r = c.call_raw(opnum, &bytes, true).map(|_| ());
+            pool::give(bytes);
+            r
+        })
+        .await
+        .map_err(join_error)?
     }
+}
+
+/// Encodes `args` into a kept large buffer if there is one (given back once the request is
+/// out): a fresh buffer of a megabyte is a fresh mapping whose pages fault in one by one.
+fn encode_pooled<A: Serialize + ?Sized>(args: &A) -> Result<Vec<u8>> {
+    let mut buf = pool::take(0).unwrap_or_default();
+    buf.clear();
+    postcard::to_extend(args, buf).map_err(|e| {
+        Error::with_message(ErrorKind::InvalidParameter, format!("cannot encode: {e}"))
+    })
 }

@@ -223,25 +223,27 @@ impl Drop for Frame {
 /// a fresh mapping whose pages fault in one by one (several times the cost of filling them),
 /// and the allocator gives such memory back as soon as it is freed. At most [`pool::KEEP`]
 /// buffers of at most [`pool::LARGEST`] bytes are kept per process.
-mod pool {
+pub(crate) mod pool {
     use std::sync::Mutex;
 
-    pub(super) const KEEP: usize = 4;
-    pub(super) const LARGEST: usize = 8 << 20;
+    pub(crate) const KEEP: usize = 4;
+    pub(crate) const LARGEST: usize = 8 << 20;
+    /// Smallest buffer worth keeping.
+    pub(crate) const SMALLEST: usize = super::HAND_OVER;
 
     static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
     /// A kept buffer with room for `need` bytes (its `len()` bytes are initialized, with any
     /// values).
-    pub(super) fn take(need: usize) -> Option<Vec<u8>> {
+    pub(crate) fn take(need: usize) -> Option<Vec<u8>> {
         let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
         let i = p.iter().position(|b| b.capacity() >= need)?;
         Some(p.swap_remove(i))
     }
 
     /// Keeps `buf` for a later large frame, if there is room.
-    pub(super) fn give(buf: Vec<u8>) {
-        if buf.capacity() > LARGEST {
+    pub(crate) fn give(buf: Vec<u8>) {
+        if !(SMALLEST..=LARGEST).contains(&buf.capacity()) {
             return;
         }
         let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());

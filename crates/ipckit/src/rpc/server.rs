@@ -1044,6 +1044,23 @@ fn answer(conn: &Arc<Conn>, id: u32, oneway: bool, outcome: Outcome) {
 fn run_async(shared: &Arc<Shared>, conn: &Arc<Conn>, id: u32, oneway: bool, fut: CallFuture) {
     #[cfg(feature = "tokio")]
     if let Some(rt) = &shared.opts.runtime {
+        let mut fut = fut;
+        // A first poll here, in the runtime's context: a method that does not wait completes
+        // without a hand-off to a runtime worker (a wake-up and a thread switch each way).
+        // Should it wait, the runtime polls it again at once, with its own waker.
+        let first = {
+            let _in_runtime = rt.enter();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)))
+        };
+        match first {
+            Ok(std::task::Poll::Ready(o)) => return answer(conn, id, oneway, o),
+            Ok(std::task::Poll::Pending) => {}
+            Err(_) => {
+                let o = Outcome::Fault(status::CALL_FAILED, "the server method panicked".into());
+                return answer(conn, id, oneway, o);
+            }
+        }
         // Answers even if the future never completes: a panic, a runtime shut down.
         let mut guard = AsyncAnswer {
             conn: conn.clone(),

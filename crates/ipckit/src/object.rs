@@ -40,7 +40,8 @@ pub(crate) const SIDE_FILE_LEN: usize = 4096;
 pub(crate) const STATE_OFFSET: usize = 64;
 
 const MAGIC: [u8; 8] = *b"IPCKOBJ\0";
-const VERSION: u32 = 1;
+/// 2: events keep a queue word of sleepers and handed releases (see `sync.rs`).
+const VERSION: u32 = 2;
 const FOLDER_LOCK: &str = ".lock";
 
 /// The kind of a kernel object.
@@ -102,7 +103,7 @@ impl ObjectKind {
 /// | offset | field |
 /// | --- | --- |
 /// | 0 | magic `IPCKOBJ\0` |
-/// | 8 | version (u32, 1) |
+/// | 8 | version (u32, 2) |
 /// | 12 | kind (u32: 1 mapping, 2 mutex, 3 event, 4 semaphore) |
 /// | 16 | size (u64: a mapping's size in bytes, else 0) |
 /// | 24 | param (u64: a semaphore's maximum count, else 0) |

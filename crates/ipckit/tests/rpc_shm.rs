@@ -275,6 +275,23 @@ fn switches(name: &str) -> (u64, usize) {
     (total, threads)
 }
 
+/// Whether every thread of this process named `name` sleeps (state `S`).
+fn asleep(name: &str) -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .all(|e| {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != &name[..name.len().min(15)] {
+                return true;
+            }
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].trim_start().chars().next())
+                == Some('S')
+        })
+}
+
 #[test]
 fn an_idle_server_and_its_shared_memory_connection_wake_nobody() {
     let t = test_case!();
@@ -291,6 +308,12 @@ fn an_idle_server_and_its_shared_memory_connection_wake_nobody() {
         ctx.expect("measure", T)?;
         // The connection's thread, the two accepting threads and the pipe's.
         let names = ["ipckit-rpc-conn", "ipckit-rpc-accept", "ipckit-rpc-pipe"];
+        // Counted once each is asleep: a thread still on its way to sleep (after answering the
+        // first call, on a loaded machine) would add the one switch of falling asleep.
+        ensure(
+            ipckit_testkit::wait_for(T, || names.iter().all(|n| asleep(n))),
+            "the server's threads fall asleep",
+        )?;
         let before: Vec<_> = names.iter().map(|n| switches(n)).collect();
         std::thread::sleep(Duration::from_millis(600));
         let after: Vec<_> = names.iter().map(|n| switches(n)).collect();

@@ -259,6 +259,9 @@ impl ChannelBuilder {
     /// (default: yes). Without the checks a wait costs no wake-up at all, however long it
     /// lasts, and a peer killed without detaching is noticed only through another signal that
     /// closes this end with its [`Closer`] (ipckit's RPC watches its connection's socket).
+    ///
+    /// Windows counterpart: none (channels are ipckit's own); a pipe or ALPC port learns of
+    /// its peer's death from the kernel instead.
     pub fn peer_liveness_checks(mut self, yes: bool) -> Self {
         self.liveness = yes;
         self
@@ -1010,7 +1013,8 @@ impl Sender {
 }
 
 impl Sender {
-    /// A handle that closes this end from another thread (see [`Closer`]).
+    /// A handle that closes this end from another thread (see [`Closer`]). Windows: as
+    /// `CancelIoEx` on the handle.
     pub fn closer(&self) -> Closer {
         Closer {
             shared: self.shared.clone(),
@@ -1246,7 +1250,8 @@ impl Receiver {
         self.shared.geometry
     }
 
-    /// A handle that closes this end from another thread (see [`Closer`]).
+    /// A handle that closes this end from another thread (see [`Closer`]). Windows: as
+    /// `CancelIoEx` on the handle.
     pub fn closer(&self) -> Closer {
         Closer {
             shared: self.shared.clone(),

@@ -162,13 +162,16 @@ impl ServerOptions {
     }
 }
 
-/// How long a client has to finish the TLS handshake with a server (feature `tls`).
+/// How long a client has to finish the TLS handshake with a server (feature `tls`). Windows
+/// counterpart: none (`rpcrt4` has no TLS carrier).
 #[cfg(feature = "tls")]
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many TLS handshakes a server runs at once (feature `tls`): a connection accepted while
 /// that many are in progress is closed at once, so that clients that never finish their
 /// handshake cannot tie up more than that many threads.
+///
+/// Windows counterpart: none (`rpcrt4` has no TLS carrier; see [`super::TlsServerConfig`]).
 #[cfg(feature = "tls")]
 pub const MAX_TLS_HANDSHAKES: usize = 64;
 

@@ -383,7 +383,28 @@ struct State {
 }
 
 fn tls_failed(e: rustls::Error) -> Error {
-    Error::with_message(ErrorKind::Protocol, format!("TLS: {e}"))
+    use rustls::AlertDescription as A;
+    match e {
+        // With TLS 1.3 a client learns that the server refused its certificate (or its lack of
+        // one) only from the alert that answers its first data: an access refusal. (After the
+        // handshake, a decrypt error can only be the server failing the client's certificate
+        // signature.)
+        rustls::Error::AlertReceived(
+            a @ (A::CertificateRequired
+            | A::DecryptError
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied),
+        ) => Error::with_message(
+            ErrorKind::AccessDenied,
+            format!("TLS: the peer refused our certificate or its absence (alert {a:?})"),
+        ),
+        e => Error::with_message(ErrorKind::Protocol, format!("TLS: {e}")),
+    }
 }
 
 impl State {

@@ -92,7 +92,9 @@ impl ClientOptions {
     /// `tls` says (feature `tls`); other carriers ignore it. The handshake counts against the
     /// [`connect_timeout`](Self::connect_timeout); a failed one (a server without TLS, a
     /// certificate not trusted) fails [`connect`](Self::connect) with
-    /// [`ErrorKind::ServerUnavailable`] (1722).
+    /// [`ErrorKind::ServerUnavailable`] (1722). A client certificate the server refuses fails
+    /// it with 1722 too, or, with TLS 1.3 (where the client hears of it after its handshake),
+    /// with [`ErrorKind::AccessDenied`] (5).
     ///
     /// Windows counterpart: `RpcBindingSetAuthInfo` with an Schannel credential.
     #[cfg(feature = "tls")]

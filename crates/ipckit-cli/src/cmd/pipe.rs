@@ -2,6 +2,7 @@
 //! CallNamedPipe).
 
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
@@ -410,9 +411,20 @@ fn serve_exec(s: &mut NamedPipeServer, cmd: &str) -> Result<(), Box<dyn std::err
     });
     // The command closed its output (or the client left): do not let it linger.
     if child.try_wait()?.is_none() {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while child.try_wait()?.is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+        // Half a second to end by itself, waited for on a descriptor of its end (no polling;
+        // a kernel without pidfds gets a look every 5 ms).
+        let grace = Duration::from_millis(500);
+        match ipckit::sys::socket::process_exit_fd(child.id()) {
+            Ok(Some(ended)) => {
+                ipckit::sys::socket::wait_readable(&[ended.as_fd()], Some(grace))?;
+            }
+            Ok(None) => {}
+            Err(_) => {
+                let deadline = Instant::now() + grace;
+                while child.try_wait()?.is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
         }
         if child.try_wait()?.is_none() {
             let _ = child.kill();

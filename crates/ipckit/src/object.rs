@@ -472,6 +472,12 @@ impl ObjectHandle {
         self.shm.as_ref()
     }
 
+    /// Closes the data's descriptor once the data is mapped for good (a channel maps it once):
+    /// the mapping keeps the memory, the side file the object. One descriptor fewer per handle.
+    pub(crate) fn close_data_fd(&mut self) {
+        self.shm = None;
+    }
+
     /// The identity of the object itself (device and inode of its side file or anonymous
     /// memory file): equal for every handle to one object, in every process.
     pub(crate) fn identity(&self) -> Result<(u64, u64)> {

@@ -497,7 +497,7 @@ const L_SPACE_BELL: usize = 2 * LINE + 4;
 const L_PRODUCER_BUSY: usize = 3 * LINE;
 
 impl Shared {
-    fn new(object: ObjectHandle) -> Result<Shared> {
+    fn new(mut object: ObjectHandle) -> Result<Shared> {
         let geometry = Geometry::from_header(object.header())?;
         let fd = object
             .data_fd()
@@ -510,6 +510,7 @@ impl Shared {
             ));
         }
         let region = MappedRegion::map(fd, 0, len as usize, Access::Write)?;
+        object.close_data_fd();
         Ok(Shared {
             region,
             geometry,

@@ -2198,3 +2198,75 @@ proptest! {
         let _ = describe(&ns, "g").map(|info| info.depth);
     }
 }
+
+/// Hides other users' processes from this thread's view of `/proc`: a private mount namespace
+/// (this thread's alone) with `/proc` mounted again with `hidepid=2`.
+fn hide_other_users_processes() -> RoleResult {
+    rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNS)?;
+    for args in [
+        &["--make-rprivate", "/"][..],
+        &["-t", "proc", "-o", "hidepid=2", "proc", "/proc"][..],
+    ] {
+        let st = std::process::Command::new("mount").args(args).status()?;
+        ensure(st.success(), format!("mount {args:?}: {st}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_peer_that_proc_hides_is_not_taken_for_dead() {
+    let t = test_case!();
+    // The receiver: another user, whose /proc does not show the sender (hidepid=2).
+    t.role("hidden", |ctx| {
+        hide_other_users_processes()?;
+        become_nobody(ctx)?;
+        let sender: u32 = ctx.arg(1).unwrap().parse()?;
+        ensure(
+            !std::path::Path::new(&format!("/proc/{sender}")).exists(),
+            "the sender is hidden",
+        )?;
+        let ns = ctx_ns(ctx).with_global_dir(ctx.arg(2).unwrap());
+        let mut rx = Channel::builder()
+            .name(ctx.arg(0).unwrap())?
+            .namespace(ns)
+            .receiver()?;
+        ctx.send_str("waiting")?;
+        // The sender sends well after the first liveness checks (10, 20, 40 ms).
+        let got = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(m) => String::from_utf8_lossy(&m).into_owned(),
+            Err(e) => format!("{:?}", e.kind()),
+        };
+        ctx.send_str(&got)?;
+        Ok(())
+    });
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test needs root, to run a peer as another user"
+    );
+    let shared = TestDir::new("ipckit-shared").unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let ns = ns_of(&t).with_global_dir(shared.path());
+    let name = format!(r"Global\{}", ipckit_testkit::unique_name("hidden"));
+    let mut tx = Channel::builder()
+        .name(&name)
+        .unwrap()
+        .namespace(ns)
+        .share_with_other_users(true)
+        .sender()
+        .unwrap();
+    let mut p = t
+        .spawn("hidden")
+        .arg(&name)
+        .arg(std::process::id().to_string())
+        .arg(shared.path().to_str().unwrap())
+        .start();
+    p.expect("waiting", T).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    tx.send(b"still here").unwrap();
+    assert_eq!(p.recv_str_timeout(T).unwrap(), "still here");
+    assert!(p.wait_timeout(T).unwrap().success(), "{}", p.report());
+}

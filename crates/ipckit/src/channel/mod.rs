@@ -67,7 +67,7 @@ use crate::namespace::Namespace;
 use crate::object::{Header, ObjectHandle, ObjectKind, Spec};
 use crate::sys::futex;
 use crate::sys::mmap::{Access, MappedRegion};
-use crate::sys::process::{current_cpu, current_pid, start_time};
+use crate::sys::process::{current_cpu, current_pid, hidden_but_alive, start_time};
 
 use lane::{LaneWords, Ring};
 
@@ -426,8 +426,14 @@ impl Endpoint<'_> {
         if pid == 0 {
             return None;
         }
-        let start = start_time(pid)?;
-        (word & CLAIMING != 0 || start == self.start.load(Ordering::Acquire)).then_some(pid)
+        match start_time(pid) {
+            Some(start) => {
+                (word & CLAIMING != 0 || start == self.start.load(Ordering::Acquire)).then_some(pid)
+            }
+            // Another user's process that `/proc` hides (`hidepid`): the pid alone decides (a
+            // reused pid cannot be told from the holder then).
+            None => hidden_but_alive(pid).then_some(pid),
+        }
     }
 }
 

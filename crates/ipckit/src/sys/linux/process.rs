@@ -44,6 +44,14 @@ pub fn process_exists(pid: u32) -> bool {
     }
 }
 
+/// Whether process `pid` lives although `/proc` does not show it: `/proc` mounted with
+/// `hidepid=2` hides other users' processes (`proc(5)`), and `kill(2)` with signal 0 still
+/// tells that the pid is in use. A zombie is shown by `/proc`, so it never counts here.
+pub fn hidden_but_alive(pid: u32) -> bool {
+    let shown = std::fs::symlink_metadata(format!("/proc/{pid}")).is_ok();
+    !shown && process_exists(pid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

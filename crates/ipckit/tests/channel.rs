@@ -2202,6 +2202,9 @@ proptest! {
 /// Hides other users' processes from this thread's view of `/proc`: a private mount namespace
 /// (this thread's alone) with `/proc` mounted again with `hidepid=2`.
 fn hide_other_users_processes() -> RoleResult {
+    // The safe `unshare` is deprecated because unsharing descriptor tables (CLONE_FILES) can
+    // break descriptor ownership; a mount namespace cannot, so the safe call is the right one.
+    #[allow(deprecated)]
     rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNS)?;
     for args in [
         &["--make-rprivate", "/"][..],

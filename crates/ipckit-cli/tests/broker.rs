@@ -205,6 +205,70 @@ fn install_user_unit_writes_a_systemd_unit() {
     assert!(unit.contains("broker\n"), "{unit}");
     assert!(unit.contains("ExecStart=/"), "{unit}");
     assert!(unit.contains("WantedBy=default.target"), "{unit}");
+    assert!(unit.contains("Requires=ipckit-broker.socket"), "{unit}");
+    let socket = std::fs::read_to_string(home.join("systemd/user/ipckit-broker.socket")).unwrap();
+    let path = ipckit::broker::socket_path(&ns(&t));
+    assert!(
+        socket.contains(&format!("ListenStream={}\n", path.display())),
+        "{socket}"
+    );
+    assert!(socket.contains("SocketMode=0600"), "{socket}");
+}
+
+/// A listening Unix socket at the broker's endpoint, as systemd's socket unit makes it.
+fn activation_socket(t: &TestCase) -> std::os::unix::net::UnixListener {
+    let path = ipckit::broker::socket_path(&ns(t));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for d in [
+        path.parent().unwrap(),
+        path.parent().unwrap().parent().unwrap(),
+    ] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::os::unix::net::UnixListener::bind(&path).unwrap()
+}
+
+#[test]
+fn a_socket_activated_broker_serves_the_socket_it_is_handed() {
+    let t = test_case!();
+    let _guard = KillBroker(ns(&t));
+    let listener = activation_socket(&t);
+    // What systemd does: the socket as descriptor 3, LISTEN_PID naming the service's process
+    // (the shell execs the broker, keeping its pid), LISTEN_FDS=1.
+    // A plain child (the test kit's peers re-execute the test binary, which would not pass
+    // the socket on), dying with this thread.
+    let mut cmd = std::process::Command::new("sh");
+    let fd = std::os::fd::OwnedFd::from(listener.try_clone().unwrap());
+    let n = ipckit::sys::fd::inherit_in_child(&mut cmd, fd);
+    cmd.arg("-c")
+        .arg(format!(
+            r#"exec 3<&{n} {n}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" broker"#
+        ))
+        .arg(env!("CARGO_BIN_EXE_ipckit"))
+        .env("IPCKIT_RUNTIME_DIR", t.namespace())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    ipckit::sys::process::die_with_parent(&mut cmd);
+    let mut broker = cmd.spawn().unwrap();
+    drop(cmd);
+    // Clients reach it on the handed socket: the broker answers with its own pid.
+    let mut status = serde_json::Value::Null;
+    assert!(
+        wait_for(T, || {
+            let o = run(&t, &["broker", "--status", "--json"]);
+            status = serde_json::from_str(&stdout(&o)).unwrap_or_default();
+            o.status.success()
+        }),
+        "the socket-activated broker does not answer"
+    );
+    assert_eq!(status["pid"], broker.id(), "{status}");
+    ok(&t, &["rpc", "ls"]);
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    // The socket file is the socket unit's: it stays for the next activation.
+    assert!(ipckit::broker::socket_path(&ns(&t)).exists());
+    drop(listener);
 }
 
 #[test]

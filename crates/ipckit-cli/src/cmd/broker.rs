@@ -20,8 +20,9 @@ pub struct Args {
     /// With --status: one JSON object.
     #[arg(long, requires = "status")]
     json: bool,
-    /// Write a systemd user unit that runs the broker (`~/.config/systemd/user/ipckit-broker.service`)
-    /// and print how to enable it.
+    /// Write systemd user units for the broker (`~/.config/systemd/user/ipckit-broker.socket`
+    /// and `.service`: started by its first client, socket activation) and print how to enable
+    /// them.
     #[arg(long, conflicts_with_all = ["daemon", "status"])]
     install_user_unit: bool,
 }
@@ -146,9 +147,10 @@ fn status(ns: &Namespace, json: bool) -> CmdResult {
     Ok(())
 }
 
-/// The unit: the broker in the foreground (logs to the journal), restarted if it fails.
-/// `XDG_RUNTIME_DIR` under `systemd --user` is the session's, so it serves the same runtime
-/// folder as the user's programs.
+/// The units: a socket unit listening on the broker's endpoint, and the broker in the
+/// foreground (logs to the journal), restarted if it fails, handed that socket. The socket's
+/// path is this process's runtime folder, which is the session's `XDG_RUNTIME_DIR/ipckit` when
+/// run from the user's session, as under `systemd --user`.
 fn install_user_unit() -> CmdResult {
     let config = std::env::var_os("XDG_CONFIG_HOME")
         .map(std::path::PathBuf::from)
@@ -157,9 +159,27 @@ fn install_user_unit() -> CmdResult {
     let dir = config.join("systemd").join("user");
     std::fs::create_dir_all(&dir)?;
     let exe = std::env::current_exe()?;
-    let unit = format!(
+    // The socket unit listens where clients look for the broker; systemd starts the service
+    // on the first connection and hands it the socket (LISTEN_FDS).
+    let socket = ipckit::broker::socket_path(&Namespace::from_env());
+    let socket_unit = format!(
+        "[Unit]\n\
+         Description=ipckit session broker socket\n\
+         \n\
+         [Socket]\n\
+         ListenStream={}\n\
+         SocketMode=0600\n\
+         DirectoryMode=0700\n\
+         \n\
+         [Install]\n\
+         WantedBy=sockets.target\n",
+        socket.display()
+    );
+    let service_unit = format!(
         "[Unit]\n\
          Description=ipckit session broker (registry, RPC endpoint mapper)\n\
+         Requires=ipckit-broker.socket\n\
+         After=ipckit-broker.socket\n\
          \n\
          [Service]\n\
          ExecStart={} broker\n\
@@ -170,11 +190,19 @@ fn install_user_unit() -> CmdResult {
          WantedBy=default.target\n",
         exe.display()
     );
-    let path = dir.join("ipckit-broker.service");
-    std::fs::write(&path, unit)?;
-    println!("wrote {}", path.display());
+    for (name, text) in [
+        ("ipckit-broker.socket", socket_unit),
+        ("ipckit-broker.service", service_unit),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        println!("wrote {}", path.display());
+    }
     println!(
-        "enable it with: systemctl --user daemon-reload && systemctl --user enable --now ipckit-broker.service"
+        "enable it with: systemctl --user daemon-reload && systemctl --user enable --now ipckit-broker.socket"
+    );
+    println!(
+        "(the broker then starts on its first client; enable ipckit-broker.service to start it at login)"
     );
     Ok(())
 }

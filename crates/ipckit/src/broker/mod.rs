@@ -17,5 +17,5 @@ mod service;
 pub use service::{
     BINDING, BrokerApi, BrokerApiClient, BrokerClient, BrokerFault, BrokerServer, ChangeInfo,
     ClientInfo, ENDPOINT, EndpointMapper, EntryInfo, LOCK_FILE, START_TIMEOUT, StartError,
-    StatusInfo, broker_binary, running_pid,
+    StatusInfo, broker_binary, running_pid, socket_path,
 };

@@ -450,8 +450,38 @@ pub fn running_pid(ns: &Namespace) -> Option<u32> {
     std::fs::read_to_string(&path).ok()?.trim().parse().ok()
 }
 
+/// The broker's socket file in `ns` (`RUNTIME/rpc/ipckit-broker`): where a systemd socket unit
+/// listens for it (see `ipckit broker --install-user-unit`).
+pub fn socket_path(ns: &Namespace) -> std::path::PathBuf {
+    let endpoint = crate::rpc::Binding::parse(BINDING)
+        .ok()
+        .and_then(|b| b.endpoint().map(str::to_owned))
+        .unwrap_or_default();
+    ns.runtime_dir()
+        .join("rpc")
+        .join(crate::rpc::link_component(&endpoint))
+}
+
+/// The listening socket systemd passed to this process (socket activation, `sd_listen_fds(3)`:
+/// `LISTEN_PID` is this process and `LISTEN_FDS` at least 1, the socket is descriptor 3).
+fn activation_socket() -> Option<std::os::fd::OwnedFd> {
+    let for_me = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()? == std::process::id();
+    let count: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if !for_me || count == 0 {
+        return None;
+    }
+    match crate::sys::fd::claim_inherited(3) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            tracing::warn!("broker: LISTEN_FDS is set but descriptor 3 is unusable: {e}");
+            None
+        }
+    }
+}
+
 impl BrokerServer {
-    /// Starts a broker for `ns` with `limits`, listening on [`BINDING`].
+    /// Starts a broker for `ns` with `limits`, listening on [`BINDING`] (on the socket systemd
+    /// passes, when the broker was socket-activated: see `ipckit broker --install-user-unit`).
     pub fn start(ns: &Namespace, limits: Limits) -> std::result::Result<BrokerServer, StartError> {
         let path = lock_path(ns)?;
         let mut f = std::fs::OpenOptions::new()
@@ -492,7 +522,10 @@ impl BrokerServer {
             .local_shared_memory(false)
             .max_calls(limits.max_connections.max(64) * 2);
         let server = Server::new(opts, vec![BrokerApiServer::new(Service(state))]);
-        server.listen(BINDING)?;
+        match activation_socket() {
+            Some(fd) => server.listen_inherited(BINDING, fd)?,
+            None => server.listen(BINDING)?,
+        };
         Ok(BrokerServer { server, _lock: f })
     }
 

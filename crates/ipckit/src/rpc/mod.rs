@@ -34,6 +34,7 @@ mod uuid;
 pub use binding::{Binding, Protseq, Resolver};
 pub use client::{CallError, Client, ClientOptions, decode, decode_reply, encode};
 pub use context::{CallContext, Caller, ContextHandle};
+pub(crate) use link::lrpc_component as link_component;
 pub use link::{LocalEndpoint, local_endpoints};
 pub use proto::{Outcome, Reply};
 pub use server::{CallFuture, Dispatch, Server, ServerOptions, outcome};

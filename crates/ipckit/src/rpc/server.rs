@@ -393,25 +393,7 @@ impl Server {
         match b.protseq() {
             Protseq::Local | Protseq::Tcp => {
                 let listener = link::listen_socket(&b, &self.shared.ns)?;
-                let public = listener.binding.clone();
-                let (wake_r, wake_w) = socket::stream_pair()?;
-                self.shared
-                    .wakers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(wake_w);
-                let shared = self.shared.clone();
-                let h = std::thread::Builder::new()
-                    .name("ipckit-rpc-accept".into())
-                    .spawn(move || accept_loop(shared, listener, wake_r))
-                    .map_err(|e| Error::from_io("cannot start a thread", e))?;
-                self.shared
-                    .threads
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(h);
-                tracing::debug!("rpc: listening on {public}");
-                Ok(public)
+                self.serve_listener(listener)
             }
             Protseq::NamedPipe => {
                 let name = link::pipe_name(&b)?;
@@ -438,6 +420,67 @@ impl Server {
                 Ok(b)
             }
         }
+    }
+
+    /// Serves `ncalrpc` connections on an inherited listening Unix socket: the one systemd
+    /// passes to a socket-activated service (`LISTEN_FDS`), bound to the endpoint's path in the
+    /// user's `RUNTIME/rpc/` folder. `binding` names the endpoint (`ncalrpc:[name]`); the socket
+    /// file belongs to whoever made the socket and is left in place when the server stops.
+    ///
+    /// Windows counterpart: none (`rpcss` starts services on demand through the endpoint
+    /// mapper); the nearest is `RpcServerUseProtseqEp` on an endpoint another process prepared.
+    ///
+    /// Errors: [`ErrorKind::InvalidParameter`] when `binding` is not `ncalrpc` with an
+    /// endpoint, or `listener` is not a listening Unix stream socket.
+    pub fn listen_inherited(&self, binding: &str, listener: OwnedFd) -> Result<Binding> {
+        let b = Binding::parse(binding)?;
+        if b.protseq() != Protseq::Local || b.endpoint().is_none() {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                format!("{b}: an inherited socket serves an ncalrpc endpoint"),
+            ));
+        }
+        if !socket::is_unix_stream(&listener) || !socket::is_listening(&listener) {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                "the inherited descriptor is not a listening Unix stream socket",
+            ));
+        }
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(Error::with_message(
+                ErrorKind::InvalidParameter,
+                "the server was stopped",
+            ));
+        }
+        self.serve_listener(SockListener {
+            fd: listener,
+            protseq: Protseq::Local,
+            file: None,
+            binding: b,
+        })
+    }
+
+    /// Starts the accepting thread of a listening socket.
+    fn serve_listener(&self, listener: SockListener) -> Result<Binding> {
+        let public = listener.binding.clone();
+        let (wake_r, wake_w) = socket::stream_pair()?;
+        self.shared
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(wake_w);
+        let shared = self.shared.clone();
+        let h = std::thread::Builder::new()
+            .name("ipckit-rpc-accept".into())
+            .spawn(move || accept_loop(shared, listener, wake_r))
+            .map_err(|e| Error::from_io("cannot start a thread", e))?;
+        self.shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(h);
+        tracing::debug!("rpc: listening on {public}");
+        Ok(public)
     }
 
     /// Connections open now.

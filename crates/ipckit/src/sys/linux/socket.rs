@@ -478,6 +478,11 @@ pub fn is_unix_stream(fd: impl AsFd) -> bool {
         && sockopt::socket_domain(&fd) == Ok(AddressFamily::UNIX)
 }
 
+/// Whether `fd` is a listening socket (`SO_ACCEPTCONN`, `socket(7)`).
+pub fn is_listening(fd: impl AsFd) -> bool {
+    sockopt::socket_acceptconn(&fd) == Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2273,3 +2273,39 @@ fn a_peer_that_proc_hides_is_not_taken_for_dead() {
     assert_eq!(p.recv_str_timeout(T).unwrap(), "still here");
     assert!(p.wait_timeout(T).unwrap().success(), "{}", p.report());
 }
+
+#[test]
+fn without_liveness_checks_a_sender_still_learns_that_its_receiver_detached() {
+    let t = test_case!();
+    t.role("leaving_receiver", |ctx| {
+        let rx = Channel::builder()
+            .name(ctx.arg(0).unwrap())?
+            .namespace(ctx_ns(ctx))
+            .receiver()?;
+        ctx.send_str("attached")?;
+        ctx.expect("leave", T)?;
+        drop(rx);
+        ctx.send_str("left")?;
+        Ok(())
+    });
+    let name = ipckit_testkit::unique_name("leave");
+    let mut tx = Channel::builder()
+        .name(&name)
+        .unwrap()
+        .capacity(2)
+        .max_message(64)
+        .namespace(ns_of(&t))
+        .peer_liveness_checks(false)
+        .sender()
+        .unwrap();
+    let mut p = t.spawn("leaving_receiver").arg(&name).start();
+    p.expect("attached", T).unwrap();
+    tx.send(b"1").unwrap();
+    tx.send(b"2").unwrap();
+    p.send_str("leave").unwrap();
+    p.expect("left", T).unwrap();
+    // The ring is full and nobody will read: the wait ends with PeerGone, not at the timeout
+    // (no liveness check would ever run).
+    let e = tx.send_timeout(b"3", T).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PeerGone, "{e}");
+}

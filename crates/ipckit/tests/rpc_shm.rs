@@ -166,17 +166,18 @@ fn hostile_rendezvous_bytes_end_only_their_connection() {
     t.role("hostile", |ctx| {
         let path = ctx.arg(0).unwrap();
         // What to send first, and what to send once the server has answered.
+        const REQ: &[u8] = b"IPCKSHM1\0\0\0\0\0\0\0\0";
         let attacks: Vec<(&[u8], Option<&[u8]>)> = vec![
             // An unknown request.
-            (b"IPCKSHMX", None),
+            (b"IPCKSHMX\0\0\0\0\0\0\0\0", None),
             // A request with bytes after it.
-            (b"IPCKSHM1-and-more", None),
+            (b"IPCKSHM1\0\0\0\0\0\0\0\0-and-more", None),
             // A truncated request, then the end.
             (b"IPCK", None),
             // A request, then a bad acknowledgement.
-            (b"IPCKSHM1", Some(b"\x07")),
+            (REQ, Some(b"\x07")),
             // A request, then the end without acknowledgement.
-            (b"IPCKSHM1", Some(b"")),
+            (REQ, Some(b"")),
         ];
         for round in 0..10 {
             for (first, then) in &attacks {
@@ -340,4 +341,67 @@ fn an_idle_server_and_its_shared_memory_connection_wake_nobody() {
     assert_eq!(c.reverse(vec![1, 2, 3]).unwrap(), vec![3, 2, 1]);
     p.send_str("stop").unwrap();
     p.wait_timeout(T).unwrap();
+}
+
+#[test]
+fn a_server_that_does_not_know_the_shared_memory_request_is_reached_over_its_socket() {
+    let t = test_case!();
+    // A server that speaks only the frames of rpc.md section 2 (as an older ipckit, or one in
+    // another language): the request is garbage to it, so it answers with a protocol fault
+    // and closes; then it serves the client's bind on the next connection.
+    t.role("frames_only", |ctx| {
+        use ipckit::rpc::proto::{Decoder, ServerEvent, ServerProto, fault_frame, status};
+        let path = ctx.namespace().join("rpc").join(ctx.arg(0).unwrap());
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            path.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o700),
+        )?;
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        ctx.send_str("ready")?;
+        let mut faults = 0;
+        for conn in listener.incoming() {
+            let mut s = conn?;
+            let mut dec = Decoder::new(1 << 20);
+            let mut proto = ServerProto::new(vec![(EchoClient::INTERFACE, 2)], 1 << 20, 4);
+            let mut buf = [0u8; 4096];
+            'conn: loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                dec.push(&buf[..n]);
+                loop {
+                    let frame = match dec.next_frame() {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            faults += 1;
+                            let _ = s.write_all(&fault_frame(
+                                0,
+                                status::PROTOCOL_ERROR,
+                                &e.to_string(),
+                            ));
+                            break 'conn;
+                        }
+                    };
+                    if let Ok(ServerEvent::Send(bytes)) = proto.on_frame(frame) {
+                        s.write_all(&bytes)?;
+                        ctx.send_str(&format!("bound after {faults} fault(s)"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+    let name = unique_name("frames");
+    let mut p = t.spawn("frames_only").arg(&name).start();
+    p.expect("ready", T).unwrap();
+    let c = rpc::ClientOptions::new()
+        .namespace(ns_of(&t))
+        .connect(&format!("ncalrpc:[{name}]"), EchoClient::INTERFACE)
+        .unwrap();
+    assert_eq!(c.server_version(), (1, 0));
+    assert_eq!(p.recv_str_timeout(T).unwrap(), "bound after 1 fault(s)");
 }

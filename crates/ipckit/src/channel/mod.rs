@@ -744,10 +744,19 @@ fn wait_until<W: WaitSide>(
             std::thread::yield_now();
         } else {
             let seen = side.bell().load(Ordering::SeqCst);
-            // After loading the bell: a close that comes later also rings it, so the wait below
-            // cannot miss it.
+            // After loading the bell: a close, or a peer's detaching, that comes later also
+            // rings it, so the wait below cannot miss it.
             if side.closed() {
                 return Err(closed_error());
+            }
+            if side.peer_left() {
+                if let Some(v) = side.ready()? {
+                    return Ok(v);
+                }
+                return Err(Error::with_message(
+                    ErrorKind::PeerGone,
+                    "the peer detached from the channel",
+                ));
             }
             if side.announce() {
                 side.awake();

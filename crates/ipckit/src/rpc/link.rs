@@ -286,6 +286,14 @@ pub(crate) fn connect(
             match super::shm::client_upgrade(&fd, ns, deadline) {
                 Ok(Some(shm)) => Ok(Box::new(super::shm::LrpcClientLink::new(shm, fd))),
                 Ok(None) => Ok(Box::new(SockLink::new(fd))),
+                // A server that does not know the request (it answered with frames, or closed):
+                // connect again and speak frames at once.
+                Err(e) if matches!(e.kind(), ErrorKind::Protocol | ErrorKind::BrokenPipe) => {
+                    tracing::debug!("rpc: {b} does not move to shared memory ({e})");
+                    let fd = socket::connect_at(&dir, dir.path(), &lrpc_component(ep))
+                        .map_err(|e| unavailable(b, e))?;
+                    Ok(Box::new(SockLink::new(fd)))
+                }
                 Err(e) => Err(unavailable(b, e)),
             }
         }

@@ -19,11 +19,15 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::namespace::Namespace;
 use crate::sys::socket;
 
-/// What a client sends first to ask for shared memory (its first byte is not a frame's magic).
-pub(crate) const UPGRADE_REQUEST: &[u8; 8] = b"IPCKSHM1";
+/// What a client sends first to ask for shared memory: 16 bytes, a frame header's length, so
+/// that a server that knows only frames sees a whole (bad) header at once and answers with a
+/// fault; its first byte is not a frame's magic. The reply starts with its first 8 bytes.
+pub(crate) const UPGRADE_REQUEST: &[u8; 16] = b"IPCKSHM1\0\0\0\0\0\0\0\0";
+/// The first bytes of the server's reply.
+const REPLY_MAGIC: &[u8; 8] = b"IPCKSHM1";
 /// Slots per direction.
 pub(crate) const SLOTS: u32 = 16;
-/// Bytes per slot: a slot with its header is then 32 KiB.
+/// Bytes per slot: a slot with its header is then 64 KiB.
 pub(crate) const SLOT_BYTES: u32 = 64 * 1024 - 64;
 /// How long the rendezvous may take once the request has arrived.
 const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,7 +43,10 @@ const ACK_FAILED: u8 = 0;
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 fn closed_or_gone(e: &Error) -> bool {
-    matches!(e.kind(), ErrorKind::PeerGone | ErrorKind::BrokenPipe)
+    matches!(
+        e.kind(),
+        ErrorKind::PeerGone | ErrorKind::BrokenPipe | ErrorKind::NoData
+    )
 }
 
 /// The byte stream of one connection over two channels.
@@ -248,6 +255,16 @@ impl Link for ShmLink {
             Err(e) => return Err(e),
         };
         let len = msg.len();
+        if len == 0 || buf.is_empty() {
+            // An empty message carries nothing (ipckit never sends one), and 0 means the end:
+            // say "nothing yet" and let the caller ask again.
+            if len == 0 {
+                drop(msg);
+            } else {
+                msg.keep();
+            }
+            return Ok(None);
+        }
         let n = (len - *off).min(buf.len());
         msg.read(*off, &mut buf[..n])?;
         if *off + n < len {
@@ -313,12 +330,12 @@ pub(crate) fn client_upgrade(
     socket::send_all(fd, &[UPGRADE_REQUEST])?;
     let mut head = [0u8; 10];
     read_exact(fd, &mut head, deadline)?;
-    if &head[..8] != UPGRADE_REQUEST {
+    if &head[..8] != REPLY_MAGIC {
         return Err(protocol("the server answered something else"));
     }
     match head[8] {
         STATUS_OK => {}
-        STATUS_REFUSED => return Ok(None),
+        STATUS_REFUSED if head[9] == 0 => return Ok(None),
         _ => return Err(protocol("unknown status")),
     }
     let mut name = vec![0u8; usize::from(head[9])];
@@ -396,12 +413,12 @@ fn server_upgrade(fd: &OwnedFd, ns: &Namespace, allow: bool) -> Result<Option<Sh
         None
     };
     let Some((base, link, watch)) = created else {
-        let mut reply = UPGRADE_REQUEST.to_vec();
+        let mut reply = REPLY_MAGIC.to_vec();
         reply.extend_from_slice(&[STATUS_REFUSED, 0]);
         socket::send_all(fd, &[&reply])?;
         return Ok(None);
     };
-    let mut reply = UPGRADE_REQUEST.to_vec();
+    let mut reply = REPLY_MAGIC.to_vec();
     reply.extend_from_slice(&[STATUS_OK, base.len() as u8]);
     reply.extend_from_slice(base.as_bytes());
     socket::send_all(fd, &[&reply])?;
@@ -463,10 +480,10 @@ impl LrpcServerLink {
             self.mode.store(SOCKET, Ordering::Release);
             return Ok(Some(n));
         }
-        let mut req = [0u8; 8];
-        let have = n.min(8);
+        let mut req = [0u8; UPGRADE_REQUEST.len()];
+        let have = n.min(req.len());
         req[..have].copy_from_slice(&buf[..have]);
-        if n > 8 {
+        if n > req.len() {
             return Err(protocol("bytes after the request"));
         }
         read_exact(

@@ -746,17 +746,8 @@ fn wait_until<W: WaitSide>(
             let seen = side.bell().load(Ordering::SeqCst);
             // After loading the bell: a close, or a peer's detaching, that comes later also
             // rings it, so the wait below cannot miss it.
-            if side.closed() {
-                return Err(closed_error());
-            }
-            if side.peer_left() {
-                if let Some(v) = side.ready()? {
-                    return Ok(v);
-                }
-                return Err(Error::with_message(
-                    ErrorKind::PeerGone,
-                    "the peer detached from the channel",
-                ));
+            if let Some(end) = ended(side) {
+                return end;
             }
             if side.announce() {
                 side.awake();
@@ -776,18 +767,8 @@ fn wait_until<W: WaitSide>(
                 return Ok(v);
             }
         }
-        if side.closed() {
-            return Err(closed_error());
-        }
-        if side.peer_left() {
-            // One last look: the peer may have sent just before it left.
-            if let Some(v) = side.ready()? {
-                return Ok(v);
-            }
-            return Err(Error::with_message(
-                ErrorKind::PeerGone,
-                "the peer detached from the channel",
-            ));
+        if let Some(end) = ended(side) {
+            return end;
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
@@ -808,6 +789,25 @@ fn wait_until<W: WaitSide>(
             next_check = Some(now + check_every);
         }
     }
+}
+
+/// How a wait ends when this end was closed or its peer detached (`None`: neither). A peer
+/// that detached gets one last look: it may have finished just before it left.
+fn ended<W: WaitSide>(side: &mut W) -> Option<Result<W::Out>> {
+    if side.closed() {
+        return Some(Err(closed_error()));
+    }
+    if !side.peer_left() {
+        return None;
+    }
+    Some(match side.ready() {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(Error::with_message(
+            ErrorKind::PeerGone,
+            "the peer detached from the channel",
+        )),
+        Err(e) => Err(e),
+    })
 }
 
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {

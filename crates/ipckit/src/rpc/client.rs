@@ -360,14 +360,7 @@ impl Client {
             // whose time ran out first.
             if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                 self.cancel(id);
-                return Err(Error::with_message(
-                    ErrorKind::Timeout,
-                    format!(
-                        "call {opnum} got no answer within {:?}",
-                        timeout.unwrap_or_default()
-                    ),
-                )
-                .with_win32_code(CALL_CANCELLED));
+                return Err(timed_out(opnum, timeout));
             }
             let woken = sh.notify.notified();
             tokio::pin!(woken);
@@ -468,14 +461,7 @@ impl Client {
                 if let Some(c) = cancel {
                     let _ = sh.link.send(&[&c]);
                 }
-                return Err(Error::with_message(
-                    ErrorKind::Timeout,
-                    format!(
-                        "call {opnum} got no answer within {:?}",
-                        timeout.unwrap_or_default()
-                    ),
-                )
-                .with_win32_code(CALL_CANCELLED));
+                return Err(timed_out(opnum, timeout));
             }
             match st.decoder.take() {
                 Some(dec) => st = self.read_some(st, dec, left),
@@ -609,6 +595,18 @@ fn with_encoded<A: Serialize + ?Sized, R>(args: &A, f: impl FnOnce(&[u8]) -> R) 
         ENCODED.with(|b| b.set(buf));
     }
     Ok(r)
+}
+
+/// The error of call `opnum` whose `timeout` ran out (it was cancelled on the server).
+fn timed_out(opnum: u16, timeout: Option<Duration>) -> Error {
+    Error::with_message(
+        ErrorKind::Timeout,
+        format!(
+            "call {opnum} got no answer within {:?}",
+            timeout.unwrap_or_default()
+        ),
+    )
+    .with_win32_code(CALL_CANCELLED)
 }
 
 /// Encodes a value as RPC arguments or results (postcard).

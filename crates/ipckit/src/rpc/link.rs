@@ -39,6 +39,11 @@ impl SockLink {
             send_lock: Mutex::new(()),
         }
     }
+
+    /// The socket.
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
 }
 
 impl Link for SockLink {

@@ -401,22 +401,9 @@ impl Server {
                     .unlimited_instances()
                     .namespace(self.shared.ns.clone());
                 let first = opts.create(&name)?;
-                let (wake_r, wake_w) = socket::stream_pair()?;
-                self.shared
-                    .wakers
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(wake_w);
-                let shared = self.shared.clone();
-                let h = std::thread::Builder::new()
-                    .name("ipckit-rpc-pipe".into())
-                    .spawn(move || pipe_loop(shared, opts, name, first, wake_r))
-                    .map_err(|e| Error::from_io("cannot start a thread", e))?;
-                self.shared
-                    .threads
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(h);
+                self.spawn_listening("ipckit-rpc-pipe", move |shared, wake| {
+                    pipe_loop(shared, opts, name, first, wake)
+                })?;
                 Ok(b)
             }
         }
@@ -463,6 +450,20 @@ impl Server {
     /// Starts the accepting thread of a listening socket.
     fn serve_listener(&self, listener: SockListener) -> Result<Binding> {
         let public = listener.binding.clone();
+        self.spawn_listening("ipckit-rpc-accept", move |shared, wake| {
+            accept_loop(shared, listener, wake)
+        })?;
+        tracing::debug!("rpc: listening on {public}");
+        Ok(public)
+    }
+
+    /// Starts a thread that waits for clients: `run` gets the end of a socket that `stop`
+    /// writes to, and the thread is joined by `stop`.
+    fn spawn_listening(
+        &self,
+        name: &str,
+        run: impl FnOnce(Arc<Shared>, OwnedFd) + Send + 'static,
+    ) -> Result<()> {
         let (wake_r, wake_w) = socket::stream_pair()?;
         self.shared
             .wakers
@@ -471,16 +472,15 @@ impl Server {
             .push(wake_w);
         let shared = self.shared.clone();
         let h = std::thread::Builder::new()
-            .name("ipckit-rpc-accept".into())
-            .spawn(move || accept_loop(shared, listener, wake_r))
+            .name(name.into())
+            .spawn(move || run(shared, wake_r))
             .map_err(|e| Error::from_io("cannot start a thread", e))?;
         self.shared
             .threads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(h);
-        tracing::debug!("rpc: listening on {public}");
-        Ok(public)
+        Ok(())
     }
 
     /// Connections open now.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::link::Link;
+use super::link::{Link, SockLink};
 use crate::channel::{Channel, Closer, Receiver, Sender};
 use crate::error::{Error, ErrorKind, Result};
 use crate::namespace::Namespace;
@@ -439,8 +439,7 @@ const SHARED: u8 = 2;
 /// The server's link of an accepted `ncalrpc` connection: the socket until the client asks for
 /// shared memory (in its first bytes), the channels after.
 pub(crate) struct LrpcServerLink {
-    fd: OwnedFd,
-    send_lock: Mutex<()>,
+    sock: SockLink,
     ns: Namespace,
     allow_shm: bool,
     mode: AtomicU8,
@@ -451,8 +450,7 @@ pub(crate) struct LrpcServerLink {
 impl LrpcServerLink {
     pub(crate) fn new(fd: OwnedFd, ns: Namespace, allow_shm: bool) -> LrpcServerLink {
         LrpcServerLink {
-            fd,
-            send_lock: Mutex::new(()),
+            sock: SockLink::new(fd),
             ns,
             allow_shm,
             mode: AtomicU8::new(UNDECIDED),
@@ -461,18 +459,9 @@ impl LrpcServerLink {
         }
     }
 
-    fn sock_recv(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>> {
-        if let Some(t) = timeout
-            && socket::wait_readable(&[self.fd.as_fd()], Some(t))?.is_none()
-        {
-            return Ok(None);
-        }
-        socket::recv(&self.fd, buf, true)
-    }
-
     /// The first bytes of the connection: an upgrade request, or frames.
     fn first_recv(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>> {
-        let n = match self.sock_recv(buf, timeout)? {
+        let n = match self.sock.recv(buf, timeout)? {
             Some(n) if n > 0 => n,
             other => return Ok(other),
         };
@@ -487,14 +476,14 @@ impl LrpcServerLink {
             return Err(protocol("bytes after the request"));
         }
         read_exact(
-            &self.fd,
+            self.sock.fd(),
             &mut req[have..],
             Instant::now() + RENDEZVOUS_TIMEOUT,
         )?;
         if &req != UPGRADE_REQUEST {
             return Err(protocol("unknown request"));
         }
-        match server_upgrade(&self.fd, &self.ns, self.allow_shm) {
+        match server_upgrade(self.sock.fd(), &self.ns, self.allow_shm) {
             Ok(Some(link)) => {
                 let link = self.shm.get_or_init(|| link);
                 self.mode.store(SHARED, Ordering::Release);
@@ -507,7 +496,7 @@ impl LrpcServerLink {
             }
             Ok(None) => {
                 self.mode.store(SOCKET, Ordering::Release);
-                self.sock_recv(buf, timeout)
+                self.sock.recv(buf, timeout)
             }
             Err(e) if closed_or_gone(&e) || e.kind() == ErrorKind::Timeout => Ok(Some(0)),
             Err(e) => Err(e),
@@ -520,8 +509,7 @@ impl Link for LrpcServerLink {
         if let Some(s) = self.shm.get() {
             return s.send(parts);
         }
-        let _g = self.send_lock.lock().unwrap_or_else(|e| e.into_inner());
-        socket::send_all(&self.fd, parts)
+        self.sock.send(parts)
     }
 
     fn recv(&self, buf: &mut [u8], timeout: Option<Duration>) -> Result<Option<usize>> {
@@ -530,7 +518,7 @@ impl Link for LrpcServerLink {
                 Some(s) => s.recv(buf, timeout),
                 None => Ok(Some(0)),
             },
-            SOCKET => self.sock_recv(buf, timeout),
+            SOCKET => self.sock.recv(buf, timeout),
             _ => self.first_recv(buf, timeout),
         }
     }
@@ -538,7 +526,7 @@ impl Link for LrpcServerLink {
     fn shutdown(&self) {
         self.shut.store(true, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
-        socket::shutdown(&self.fd, true, true);
+        self.sock.shutdown();
         if let Some(s) = self.shm.get() {
             s.shutdown();
         }
